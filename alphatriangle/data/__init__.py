@@ -1,0 +1,49 @@
+"""The data layer: a general checkpoint engine (:class:`CheckpointManager`) for state trees of
+tensors, arrays and Python objects.
+
+See ``alphatriangle/data/README.md`` for the format, the guarantees and the API.
+"""
+
+from alphatriangle.data.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    LockTimeoutError,
+    StepExistsError,
+)
+from alphatriangle.data.manager import CheckpointManager
+from alphatriangle.data.options import CheckpointManagerOptions
+from alphatriangle.data.retention import (
+    AllOf,
+    AnyOf,
+    KeepAll,
+    KeepBest,
+    KeepEvery,
+    KeepInterval,
+    KeepLatest,
+    KeepRecent,
+    RetentionPolicy,
+    StepInfo,
+)
+from alphatriangle.data.writer import SaveHandle
+
+__all__ = [
+    "AllOf",
+    "AnyOf",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointManagerOptions",
+    "CheckpointNotFoundError",
+    "KeepAll",
+    "KeepBest",
+    "KeepEvery",
+    "KeepInterval",
+    "KeepLatest",
+    "KeepRecent",
+    "LockTimeoutError",
+    "RetentionPolicy",
+    "SaveHandle",
+    "StepExistsError",
+    "StepInfo",
+]

@@ -1,0 +1,113 @@
+"""Making a step durable and visible in one atomic move, and undoing interrupted moves.
+
+A step is written into a hidden temporary directory beside its final place. Commit fsyncs
+every file (the writer does that as it closes them), then the temporary directory, renames it
+to its final name and fsyncs the parent, so that both the contents and the directory entry
+survive a power cut. ``rename`` is atomic on POSIX file systems: a reader sees either no step
+or the whole step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from alphatriangle.data.layout import (
+    scan_leftovers,
+    step_dir_name,
+    temporary_dir_name,
+    trash_dir_name,
+)
+
+__all__ = [
+    "commit_step_dir",
+    "create_temporary_step_dir",
+    "fsync_dir",
+    "remove_tree",
+    "sweep_leftovers",
+    "trash_step_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, making the entries created or renamed in it durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_temporary_step_dir(directory: Path, step: int) -> Path:
+    """A fresh hidden directory for ``step``, never visible as a step."""
+    path = directory / temporary_dir_name(step)
+    path.mkdir()
+    return path
+
+
+def commit_step_dir(temporary: Path, step: int, *, replace: bool = False) -> Path:
+    """Rename a fully written, fsynced temporary directory to its step name; fsync the parent.
+
+    With ``replace``, an existing committed copy is first moved aside as an ``.old`` leftover
+    (put back by the sweep should this process die before the new copy lands), then removed.
+    Without it, an existing step makes ``FileExistsError`` (rename never overwrites silently
+    here: the caller checked, and a second writer is excluded by the writer lock).
+    """
+    directory = temporary.parent
+    final = directory / step_dir_name(step)
+    fsync_dir(temporary)
+    old: Path | None = None
+    if replace and final.exists():
+        old = directory / trash_dir_name(step, replaced=True)
+        final.rename(old)
+    elif final.exists():
+        raise FileExistsError(f"{final} already exists")
+    temporary.rename(final)
+    fsync_dir(directory)
+    if old is not None:
+        remove_tree(old)
+    return final
+
+
+def trash_step_dir(step_dir: Path, step: int) -> Path:
+    """Atomically take a committed step out of the step namespace; returns its new path."""
+    trash = step_dir.parent / trash_dir_name(step)
+    step_dir.rename(trash)
+    fsync_dir(step_dir.parent)
+    return trash
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a hidden (already invisible) directory. A failure is logged, not raised: the
+    directory is no step, and the next open sweeps it again."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("could not remove %s (it is swept again at the next open): %s", path, exc)
+
+
+def sweep_leftovers(directory: Path) -> list[Path]:
+    """Clean up after crashed saves, deletes and replaces; returns what was removed.
+
+    Temporary and trash directories are removed. The old copy of a replaced step is put back
+    when the replacement never landed, so that a crash mid-replace loses nothing.
+    """
+    removed = []
+    for leftover in scan_leftovers(directory):
+        final = directory / step_dir_name(leftover.step)
+        if leftover.kind == "old" and not final.exists():
+            leftover.path.rename(final)
+            fsync_dir(directory)
+            logger.warning("restored step %d, whose replacement never landed", leftover.step)
+            continue
+        remove_tree(leftover.path)
+        removed.append(leftover.path)
+    if removed:
+        logger.info("swept %d leftover directories in %s", len(removed), directory)
+    return removed

@@ -1,0 +1,66 @@
+"""Errors of the checkpoint engine.
+
+One root, :class:`CheckpointError`; each subclass also inherits the matching builtin, so that
+``except ValueError`` or ``except TimeoutError`` in a caller keeps working. Every error carries
+the ``path`` and ``step`` it is about (``None`` where it does not apply) and survives pickling,
+so it can cross process and Ray boundaries intact.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = [
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "LockTimeoutError",
+    "StepExistsError",
+]
+
+
+class CheckpointError(Exception):
+    """Root of every error raised by the checkpoint engine."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        step: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else os.fspath(path)
+        self.step = step
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only attributes are lost by the default Exception pickling.
+        return (_rebuild_error, (type(self), self.message, self.path, self.step))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild_error(
+    cls: type[CheckpointError], message: str, path: str | None, step: int | None
+) -> CheckpointError:
+    return cls(message, path=path, step=step)
+
+
+class CheckpointCorruptError(CheckpointError, ValueError):
+    """A committed step failed verification: a checksum mismatch, a truncated or missing file,
+    or a manifest that does not parse. ``path`` names the offending file."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No committed step matches the request (none at all, or not the step asked for)."""
+
+
+class StepExistsError(CheckpointError, FileExistsError):
+    """A save named a step that is already committed or in flight, without ``force=True``."""
+
+
+class LockTimeoutError(CheckpointError, TimeoutError):
+    """The directory's writer lock is held by another writer; the message names the holder."""

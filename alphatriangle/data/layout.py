@@ -1,0 +1,110 @@
+"""Names inside a checkpoint directory, and scanning it for committed steps.
+
+```
+<directory>/
+    step_000002500/                    committed step (renamed into place when durable)
+    .step_000005000.tmp-<pid>-<nonce>  in flight, or left by a crash: swept at open
+    .step_000000500.del-<nonce>        being deleted by retention: swept at open
+    .step_000002500.old-<nonce>        the previous copy of a step replaced with force=True:
+                                       put back at open if its replacement never landed
+    .writer.lock, .writer.json         the writer lock and who holds it
+```
+Only names matching ``step_<9+ digits>`` are steps; everything hidden is invisible to readers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Leftover",
+    "scan_leftovers",
+    "scan_steps",
+    "step_dir_name",
+    "step_from_dir_name",
+    "temporary_dir_name",
+    "trash_dir_name",
+]
+
+MANIFEST_NAME = "manifest.json"
+STEP_WIDTH = 9
+
+_STEP_RE = re.compile(r"^step_(\d{9,})$")
+_LEFTOVER_RE = re.compile(r"^\.step_(\d{9,})\.(tmp|del|old)-[\w-]+$")
+
+
+def step_dir_name(step: int) -> str:
+    """``step_000002500`` for 2500; wider steps keep all their digits."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return f"step_{step:0{STEP_WIDTH}d}"
+
+
+def step_from_dir_name(name: str) -> int | None:
+    """The step a committed directory name stands for, or None for any other name."""
+    match = _STEP_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _hidden_name(step: int, kind: str) -> str:
+    return f".{step_dir_name(step)}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def temporary_dir_name(step: int) -> str:
+    """Where a step is written before it is committed."""
+    return _hidden_name(step, "tmp")
+
+
+def trash_dir_name(step: int, *, replaced: bool = False) -> str:
+    """Where a step goes, atomically, before its files are removed.
+
+    ``replaced`` marks the old copy of a step overwritten with ``force=True``: if the process
+    dies before the new copy lands, the sweep puts the old one back.
+    """
+    return _hidden_name(step, "old" if replaced else "del")
+
+
+def scan_steps(directory: Path) -> list[int]:
+    """Committed steps in ``directory``, ascending. Missing directory: no steps."""
+    try:
+        with os.scandir(directory) as entries:
+            steps = [
+                step
+                for entry in entries
+                if (step := step_from_dir_name(entry.name)) is not None
+                and entry.is_dir(follow_symlinks=False)
+            ]
+    except FileNotFoundError:
+        return []
+    steps.sort()
+    return steps
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A hidden directory left by an interrupted save, delete or replace."""
+
+    path: Path
+    step: int
+    kind: str  # "tmp", "del" or "old"
+
+
+def scan_leftovers(directory: Path) -> list[Leftover]:
+    """Hidden step directories in ``directory`` (see the module docstring)."""
+    found = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                match = _LEFTOVER_RE.match(entry.name)
+                if match and entry.is_dir(follow_symlinks=False):
+                    found.append(
+                        Leftover(Path(entry.path), int(match.group(1)), match.group(2))
+                    )
+    except FileNotFoundError:
+        return []
+    return found

@@ -1,0 +1,125 @@
+"""Locks that make one checkpoint directory safe for several processes.
+
+- The writer lock (``filelock``, an ``flock`` on ``.writer.lock`` inside the directory): one
+  writer per directory for its lifetime. The kernel drops it when the holder dies, SIGKILL
+  included, so a crashed writer never leaves a stale lock. Who holds it is written beside it
+  (``.writer.json``: pid, host, since) and named in the error a second writer gets.
+- Reader leases: a reader holds a shared ``flock`` on the step *directory* it is reading; the
+  deleter takes the directory only with a non-blocking exclusive ``flock``, and skips a step it
+  cannot take. A lease therefore creates no file: readers modify nothing.
+
+These are advisory locks with local-file-system semantics (ext4, xfs, btrfs, tmpfs). On
+network file systems ``flock`` may be emulated or absent; one writer per directory is then not
+guaranteed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import filelock
+
+from alphatriangle.data.errors import LockTimeoutError
+
+__all__ = ["LOCK_NAME", "HOLDER_NAME", "StepGoneError", "WriterLock", "reader_lease", "try_take_step"]
+
+LOCK_NAME = ".writer.lock"
+HOLDER_NAME = ".writer.json"
+
+
+class WriterLock:
+    """The exclusive writer lock of one directory."""
+
+    def __init__(self, directory: Path, timeout: float) -> None:
+        self.directory = directory
+        self.timeout = timeout
+        # thread_local=False: close() may run on another thread than the constructor.
+        self._lock = filelock.FileLock(directory / LOCK_NAME, thread_local=False)
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`LockTimeoutError` naming the holder."""
+        try:
+            self._lock.acquire(timeout=self.timeout)
+        except filelock.Timeout:
+            raise LockTimeoutError(
+                f"{self.directory} is locked by another writer ({self.holder()}); "
+                f"gave up after {self.timeout:g} s. Open it with read_only=True to read, or "
+                "stop the other writer.",
+                path=self.directory,
+            ) from None
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        temporary = self.directory / f"{HOLDER_NAME}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(record))
+        temporary.replace(self.directory / HOLDER_NAME)
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it; "unknown holder" if unreadable."""
+        try:
+            record = json.loads((self.directory / HOLDER_NAME).read_text())
+            return f"pid {record['pid']} on host {record['host']}, since {record['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "unknown holder"
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / HOLDER_NAME).unlink()
+            self._lock.release(force=True)
+
+
+class StepGoneError(Exception):
+    """The step directory was deleted (or replaced) before the lease took hold."""
+
+
+@contextlib.contextmanager
+def reader_lease(step_dir: Path) -> Iterator[None]:
+    """Hold a shared lease on ``step_dir`` while reading it; retention will not delete it
+    meanwhile. Raises :class:`StepGoneError` if the step went away before the lease held."""
+    try:
+        fd = os.open(step_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise StepGoneError(str(step_dir)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        # The deleter renames a step while holding it exclusively; having waited for it, make
+        # sure the name still points at the directory the lease is on.
+        try:
+            same = os.stat(step_dir).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise StepGoneError(str(step_dir))
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+@contextlib.contextmanager
+def try_take_step(step_dir: Path) -> Iterator[bool]:
+    """Try to hold ``step_dir`` exclusively without waiting: yields False when a reader holds
+    a lease on it (or it is gone), True while it is held."""
+    try:
+        fd = os.open(step_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

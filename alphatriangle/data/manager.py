@@ -1,0 +1,405 @@
+"""The checkpoint manager: orchestrates the save pipeline; owns no format, naming or policy."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from alphatriangle.data.commit import (
+    commit_step_dir,
+    create_temporary_step_dir,
+    remove_tree,
+    sweep_leftovers,
+    trash_step_dir,
+)
+from alphatriangle.data.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    StepExistsError,
+)
+from alphatriangle.data.format import read_item, read_manifest, write_step_files
+from alphatriangle.data.layout import scan_steps, step_dir_name
+from alphatriangle.data.locking import StepGoneError, WriterLock, reader_lease, try_take_step
+from alphatriangle.data.options import CheckpointManagerOptions
+from alphatriangle.data.retention import StepInfo, best_of
+from alphatriangle.data.staging import StagedState, StagingPool, stage_state
+from alphatriangle.data.writer import BackgroundWriter, SaveHandle
+
+__all__ = ["CheckpointManager"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ITEM = "state"
+_RESTORE_ATTEMPTS = 16
+
+
+class CheckpointManager:
+    """Saves state trees as numbered steps in one directory, and restores them.
+
+    A save runs 1) stage, on the caller's thread: tensors and arrays copied into a reusable
+    host buffer, other leaves pickled; ``save`` returns here 2) write, on the background
+    writer thread: every file into a hidden temporary directory, fsynced, manifest last
+    3) commit: the directory renamed to ``step_<N>`` and its parent fsynced 4) retain: the
+    retention policy decides, the deleter removes what it does not keep.
+
+    Guarantees: what ``restore`` returns equals the state when ``save`` returned; a step is
+    visible whole or not at all, and durable once its handle's ``committed`` is done; a crash
+    at any instant loses no committed step (leftovers are swept at the next open); every file
+    is checksummed and verified on restore; a background failure is raised, with its original
+    type, at the next ``save``, ``wait_until_finished`` or ``close``; one writer per
+    directory, readers (``read_only=True``) any number.
+
+    The public methods may be called from several threads: saves are serialised, restores run
+    concurrently with them.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        options: CheckpointManagerOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = Path(directory)
+        self.options = options if options is not None else CheckpointManagerOptions()
+        self.skipped_steps: list[int] = []
+        self._clock = clock
+        self._state_lock = threading.RLock()
+        self._save_lock = threading.Lock()
+        self._infos: dict[int, StepInfo | None] = {}  # committed steps; info once read
+        self._in_flight: set[int] = set()
+        self._closed = False
+        self._lock: WriterLock | None = None
+        self._writer: BackgroundWriter | None = None
+        self._pool: StagingPool | None = None
+        if not self.options.read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock = WriterLock(self.directory, self.options.lock_timeout_s)
+            self._lock.acquire()
+            try:
+                sweep_leftovers(self.directory)
+            except BaseException:
+                self._lock.release()
+                raise
+            self._pool = StagingPool(self.options.max_pending)
+            self._writer = BackgroundWriter(f"checkpoint-writer:{self.directory.name}")
+        self.reload()
+
+    # -- context manager ------------------------------------------------------------------
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:
+            # The exception already on its way out wins; this one must not vanish unseen.
+            logger.exception("closing %s after an error also failed", self.directory)
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def should_save(self, step: int) -> bool:
+        """Whether ``save(step, ...)`` would write (without ``force``)."""
+        return step % self.options.save_interval_steps == 0
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        force: bool = False,
+    ) -> SaveHandle | None:
+        """Snapshot ``state`` as ``step`` and write it in the background.
+
+        Returns a :class:`SaveHandle` (``staged`` is already done), or None when the step is
+        not due (``save_interval_steps``) or was skipped because the queue is full
+        (``on_full="skip"``). With ``force``, any step is written, and an existing step is
+        replaced. Raises :class:`StepExistsError` for a step committed or in flight, the
+        first pending background failure, or whatever pickling a leaf raises.
+        """
+        writer, pool = self._writable()
+        writer.raise_error()
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        if not force and not self.should_save(step):
+            return None
+        checked_metrics = _check_metrics(metrics)
+        with self._save_lock:
+            with self._state_lock:
+                if not force and (step in self._infos or step in self._in_flight):
+                    raise StepExistsError(
+                        f"step {step} already exists in {self.directory}; "
+                        "pass force=True to replace it",
+                        path=self.directory / step_dir_name(step),
+                        step=step,
+                    )
+            buffer = pool.acquire(block=self.options.on_full == "wait")
+            if buffer is None:
+                self.skipped_steps.append(step)
+                logger.warning(
+                    "skipped checkpoint of step %d: %d saves still in flight (on_full='skip')",
+                    step,
+                    self.options.max_pending,
+                )
+                return None
+            try:
+                staged = stage_state(state, buffer)
+            except BaseException:
+                pool.release(buffer)
+                raise
+            handle = SaveHandle(step)
+            handle.staged.set_result(None)
+            with self._state_lock:
+                self._in_flight.add(step)
+            info = StepInfo(step, self._clock(), checked_metrics)
+            writer.submit(lambda: self._write_step(info, staged, pool, force), handle)
+            return handle
+
+    def _write_step(
+        self, info: StepInfo, staged: StagedState, pool: StagingPool, replace: bool
+    ) -> Path:
+        """Runs on the writer thread: 2) write 3) commit 4) retain."""
+        temporary: Path | None = None
+        try:
+            temporary = create_temporary_step_dir(self.directory, info.step)
+            write_step_files(
+                temporary,
+                info.step,
+                {DEFAULT_ITEM: staged},
+                metrics=info.metrics,
+                wall_time=info.wall_time,
+            )
+            final = self._commit(temporary, info.step, replace)
+            temporary = None
+            with self._state_lock:
+                self._infos[info.step] = info
+        finally:
+            pool.release(staged.buffer)
+            with self._state_lock:
+                self._in_flight.discard(info.step)
+            if temporary is not None:
+                remove_tree(temporary)
+        self._apply_retention()
+        return final
+
+    def _commit(self, temporary: Path, step: int, replace: bool) -> Path:
+        final = self.directory / step_dir_name(step)
+        if not (replace and final.exists()):
+            return commit_step_dir(temporary, step)
+        deadline = time.monotonic() + self.options.lock_timeout_s
+        while True:
+            with try_take_step(final) as taken:
+                if taken:
+                    return commit_step_dir(temporary, step, replace=True)
+            if time.monotonic() > deadline:
+                raise CheckpointError(
+                    f"cannot replace step {step}: readers held it for "
+                    f"{self.options.lock_timeout_s:g} s",
+                    path=final,
+                    step=step,
+                )
+            time.sleep(0.01)
+
+    # -- retention ------------------------------------------------------------------------
+
+    def _apply_retention(self) -> None:
+        with self._state_lock:
+            steps = sorted(self._infos)
+            protected = set(self._in_flight)
+        if len(steps) <= 1:
+            return
+        infos, unreadable = self._step_infos(steps)
+        keep = self.options.retention.keep(infos, self._clock())
+        keep |= protected | unreadable | {steps[-1]}
+        for step in steps:
+            if step not in keep:
+                self._delete_step(step)
+
+    def _step_infos(self, steps: list[int]) -> tuple[list[StepInfo], set[int]]:
+        """StepInfo of each step (manifests read only when the policy needs them, once per
+        step); steps whose manifest cannot be read are returned apart, never deleted."""
+        if not self.options.retention.uses_metadata() and self.options.best_ranking() is None:
+            return [StepInfo(s, float("nan")) for s in steps], set()
+        infos, unreadable = [], set()
+        for step in steps:
+            with self._state_lock:
+                info = self._infos.get(step)
+            if info is None:
+                try:
+                    manifest = read_manifest(self.directory / step_dir_name(step), step)
+                except CheckpointCorruptError as exc:
+                    logger.error("retention keeps step %d, whose manifest is unreadable: %s", step, exc)
+                    unreadable.add(step)
+                    continue
+                info = StepInfo(step, manifest.wall_time, dict(manifest.metrics))
+                with self._state_lock:
+                    if step in self._infos:
+                        self._infos[step] = info
+            infos.append(info)
+        return infos, unreadable
+
+    def _delete_step(self, step: int) -> None:
+        step_dir = self.directory / step_dir_name(step)
+        with try_take_step(step_dir) as taken:
+            if not taken:
+                logger.info("step %d is being read; retention deletes it later", step)
+                return
+            trash = trash_step_dir(step_dir, step)
+        with self._state_lock:
+            self._infos.pop(step, None)
+        remove_tree(trash)
+
+    def best_step(self) -> int | None:
+        """The best committed step by the configured ranking (``best_metric``/``best_mode``,
+        else the retention's ``KeepBest``); None when no step has a finite value for it.
+        Raises ValueError when no ranking is configured."""
+        ranking = self.options.best_ranking()
+        if ranking is None:
+            raise ValueError(
+                "best_step needs a ranking: set best_metric in the options, "
+                "or use a KeepBest in retention"
+            )
+        infos, _ = self._step_infos(self.all_steps())
+        best = best_of(infos, ranking.metric, ranking.mode)
+        return best[0] if best else None
+
+    # -- restoring ------------------------------------------------------------------------
+
+    def restore(self, step: int | None = None, *, map_location: Any = None) -> Any:
+        """The state tree saved as ``step`` (the newest committed step when None).
+
+        Tensors come back on the device they were saved from, or on ``map_location``.
+        Raises :class:`CheckpointNotFoundError` when there is no such step, and
+        :class:`CheckpointCorruptError` naming the file when verification fails. A step being
+        read is never deleted under the reader; if the newest step is deleted before the read
+        begins, the next newest is read instead.
+        """
+        self._check_open()
+        for _ in range(_RESTORE_ATTEMPTS):
+            candidate = step if step is not None else self.latest_step()
+            if candidate is None:
+                raise CheckpointNotFoundError(
+                    f"no committed checkpoint in {self.directory}", path=self.directory
+                )
+            step_dir = self.directory / step_dir_name(candidate)
+            try:
+                with reader_lease(step_dir):
+                    manifest = read_manifest(step_dir, candidate)
+                    return read_item(
+                        step_dir,
+                        manifest,
+                        DEFAULT_ITEM,
+                        verify=self.options.verify_on_restore,
+                        map_location=map_location,
+                    )
+            except StepGoneError:
+                if step is not None:
+                    raise CheckpointNotFoundError(
+                        f"step {step} not found in {self.directory}", path=step_dir, step=step
+                    ) from None
+                self.reload()
+        raise CheckpointError(
+            f"the newest step of {self.directory} was deleted {_RESTORE_ATTEMPTS} times "
+            "before it could be read",
+            path=self.directory,
+        )
+
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The manifest of ``step``: step, wall time, metrics, items, files with sizes and
+        checksums, library versions."""
+        self._check_open()
+        step_dir = self.directory / step_dir_name(step)
+        try:
+            with reader_lease(step_dir):
+                return dict(read_manifest(step_dir, step).raw)
+        except StepGoneError:
+            raise CheckpointNotFoundError(
+                f"step {step} not found in {self.directory}", path=step_dir, step=step
+            ) from None
+
+    # -- listing --------------------------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        """Committed steps, ascending. A reader rescans the directory on every call."""
+        if self.options.read_only:
+            self.reload()
+        with self._state_lock:
+            return sorted(self._infos)
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def reload(self) -> None:
+        """Rescan the directory for committed steps."""
+        found = scan_steps(self.directory)
+        with self._state_lock:
+            self._infos = {step: self._infos.get(step) for step in found}
+
+    # -- finishing ------------------------------------------------------------------------
+
+    def wait_until_finished(self) -> None:
+        """Block until every save in flight is committed (or failed); raise the first
+        background failure."""
+        self._check_open()
+        if self._writer is not None:
+            self._writer.wait_idle()
+            self._writer.raise_error()
+
+    def close(self) -> None:
+        """Finish in-flight saves, stop the writer, release the lock; raise the first
+        background failure. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._writer is not None:
+                self._writer.stop()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        if self._writer is not None:
+            self._writer.raise_error()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CheckpointError(f"the manager of {self.directory} is closed", path=self.directory)
+
+    def _writable(self) -> tuple[BackgroundWriter, StagingPool]:
+        self._check_open()
+        if self._writer is None or self._pool is None:
+            raise CheckpointError(
+                f"{self.directory} was opened read_only; it cannot save", path=self.directory
+            )
+        return self._writer, self._pool
+
+
+def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    if metrics is None:
+        return {}
+    checked = {}
+    for name, value in metrics.items():
+        if not isinstance(name, str):
+            raise TypeError(f"metric names must be str, got {name!r}")
+        try:
+            checked[name] = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"metric {name!r} must be a number, got {value!r}") from None
+    return checked

@@ -1,0 +1,58 @@
+"""Configuration of a :class:`~alphatriangle.data.manager.CheckpointManager`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from alphatriangle.data.retention import KeepBest, KeepLatest, RetentionPolicy
+
+__all__ = ["CheckpointManagerOptions"]
+
+
+class CheckpointManagerOptions(BaseModel):
+    """Options, validated on construction; frozen.
+
+    - ``save_interval_steps``: ``save`` writes only steps divisible by it (``force=True``
+      writes any step).
+    - ``max_pending``: saves in flight at once (staged, not yet committed); each has its own
+      reusable staging buffer, so memory is ``max_pending`` copies of the state.
+    - ``on_full``: what a save does when ``max_pending`` saves are in flight: ``"wait"`` for
+      one to finish, or ``"skip"`` the step (``save`` returns None, logs a warning and records
+      the step in ``skipped_steps``).
+    - ``verify_on_restore``: check every file's checksum on restore (sizes are always
+      checked).
+    - ``read_only``: open as a reader: no writer lock, no sweep, no save, no deletion.
+    - ``retention``: which committed steps to keep (see ``alphatriangle.data.retention``);
+      ``KeepAll()`` keeps everything.
+    - ``best_metric``, ``best_mode``: what ``best_step()`` ranks by; when unset, the first
+      ``KeepBest`` in ``retention`` ranks.
+    - ``lock_timeout_s``: how long a second writer waits for the writer lock before
+      ``LockTimeoutError``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    save_interval_steps: int = Field(1, ge=1)
+    max_pending: int = Field(1, ge=1, le=64)
+    on_full: Literal["wait", "skip"] = "wait"
+    verify_on_restore: bool = True
+    read_only: bool = False
+    retention: RetentionPolicy = Field(default_factory=lambda: KeepLatest(3))
+    best_metric: str | None = None
+    best_mode: Literal["min", "max"] = "min"
+    lock_timeout_s: float = Field(5.0, ge=0.0, le=86_400.0)
+
+    @model_validator(mode="after")
+    def _best_metric_named(self) -> CheckpointManagerOptions:
+        if self.best_metric == "":
+            raise ValueError("best_metric must name a metric, or be None")
+        return self
+
+    def best_ranking(self) -> KeepBest | None:
+        """The ranking ``best_step`` uses: the explicit ``best_metric``/``best_mode`` when
+        given, else the retention's first ``KeepBest``, else None."""
+        if self.best_metric is not None:
+            return KeepBest(1, self.best_metric, self.best_mode)
+        return next((p for p in self.retention.parts() if isinstance(p, KeepBest)), None)

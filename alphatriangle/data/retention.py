@@ -1,0 +1,243 @@
+"""Which committed steps to keep: small frozen policies that compose.
+
+A policy only decides: given the committed steps (step number, wall time, metrics) and the
+time now, it returns the steps it keeps. The manager's deleter acts on the decision, and adds
+its own protections that no policy can override (the newest step, steps in flight, steps a
+reader holds, steps whose upload is pending).
+
+Policies compose like tenacity's stop conditions::
+
+    KeepLatest(3) | KeepBest(2, metric="loss", mode="min") | KeepEvery(steps=1000)
+
+keeps a step if *any* part keeps it; ``&`` keeps it only if *every* part does. Nested
+compositions are flattened, so ``a | b | c`` is one :class:`AnyOf` of three.
+
+Metrics that are NaN, infinite or missing never make a step "best": :class:`KeepBest` ignores
+such steps (another policy may still keep them).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+__all__ = [
+    "AllOf",
+    "AnyOf",
+    "KeepAll",
+    "KeepBest",
+    "KeepEvery",
+    "KeepInterval",
+    "KeepLatest",
+    "KeepRecent",
+    "RetentionPolicy",
+    "StepInfo",
+    "best_of",
+]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a policy may know of a committed step."""
+
+    step: int
+    wall_time: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+class RetentionPolicy(ABC):
+    """Decides which committed steps to keep. Subclasses are frozen dataclasses."""
+
+    #: Whether the policy reads wall times or metrics; when no part of a policy does, the
+    #: manager decides from step numbers alone, without reading manifests.
+    needs_metadata: ClassVar[bool] = True
+
+    @abstractmethod
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        """The step numbers kept, out of ``steps`` (sorted by ascending step)."""
+
+    def uses_metadata(self) -> bool:
+        return self.needs_metadata
+
+    def parts(self) -> Iterator[RetentionPolicy]:
+        """This policy and, for compositions, every policy inside it."""
+        yield self
+
+    def __or__(self, other: RetentionPolicy) -> AnyOf:
+        return AnyOf(_flatten(AnyOf, self, other))
+
+    def __and__(self, other: RetentionPolicy) -> AllOf:
+        return AllOf(_flatten(AllOf, self, other))
+
+
+def _flatten(kind: type[AnyOf | AllOf], *policies: RetentionPolicy) -> tuple[RetentionPolicy, ...]:
+    flat: list[RetentionPolicy] = []
+    for policy in policies:
+        if not isinstance(policy, RetentionPolicy):
+            raise TypeError(f"cannot compose a retention policy with {policy!r}")
+        flat.extend(policy.policies if isinstance(policy, kind) else (policy,))
+    return tuple(flat)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class KeepAll(RetentionPolicy):
+    """Keep every step: retention is off."""
+
+    needs_metadata: ClassVar[bool] = False
+
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        return {s.step for s in steps}
+
+
+@dataclass(frozen=True)
+class KeepLatest(RetentionPolicy):
+    """Keep the ``n`` newest steps (``n=0`` keeps none of its own; the newest step is
+    protected by the manager regardless)."""
+
+    n: int
+    needs_metadata: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.n, int) and self.n >= 0, f"KeepLatest.n must be >= 0, got {self.n!r}")
+
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        return {s.step for s in steps[len(steps) - self.n :]} if self.n else set()
+
+
+@dataclass(frozen=True)
+class KeepEvery(RetentionPolicy):
+    """Keep steps divisible by ``steps`` (milestones: 1000, 2000, ...)."""
+
+    steps: int
+    needs_metadata: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.steps, int) and self.steps >= 1,
+            f"KeepEvery.steps must be >= 1, got {self.steps!r}",
+        )
+
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        return {s.step for s in steps if s.step % self.steps == 0}
+
+
+def _finite_metric(info: StepInfo, metric: str) -> float | None:
+    value = info.metrics.get(metric)
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def best_of(
+    steps: Sequence[StepInfo], metric: str, mode: Literal["min", "max"], k: int = 1
+) -> list[int]:
+    """The ``k`` best steps by ``metric``, best first; ties go to the newer step. Steps whose
+    metric is missing, NaN or infinite are never among them."""
+    scored = [(v, s.step) for s in steps if (v := _finite_metric(s, metric)) is not None]
+    sign = 1.0 if mode == "min" else -1.0
+    scored.sort(key=lambda pair: (sign * pair[0], -pair[1]))
+    return [step for _, step in scored[:k]]
+
+
+@dataclass(frozen=True)
+class KeepBest(RetentionPolicy):
+    """Keep the ``k`` steps with the best finite value of ``metric`` (``mode`` "min" for a
+    loss, "max" for a score)."""
+
+    k: int
+    metric: str
+    mode: Literal["min", "max"] = "min"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.k, int) and self.k >= 1, f"KeepBest.k must be >= 1, got {self.k!r}")
+        _require(bool(self.metric), "KeepBest.metric must name a metric")
+        _require(self.mode in ("min", "max"), f"KeepBest.mode must be 'min' or 'max', got {self.mode!r}")
+
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        return set(best_of(steps, self.metric, self.mode, self.k))
+
+
+@dataclass(frozen=True)
+class KeepInterval(RetentionPolicy):
+    """Keep at least one step per ``seconds`` of wall time: the oldest step, then each step at
+    least ``seconds`` after the last one kept. Steps kept once stay kept as newer ones come."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.seconds, (int, float)) and self.seconds > 0,
+            f"KeepInterval.seconds must be > 0, got {self.seconds!r}",
+        )
+
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        kept: set[int] = set()
+        last = -math.inf
+        for info in steps:
+            if info.wall_time >= last + self.seconds:
+                kept.add(info.step)
+                last = info.wall_time
+        return kept
+
+
+@dataclass(frozen=True)
+class KeepRecent(RetentionPolicy):
+    """Keep every step saved within the last ``seconds`` (by the manager's clock)."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.seconds, (int, float)) and self.seconds > 0,
+            f"KeepRecent.seconds must be > 0, got {self.seconds!r}",
+        )
+
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        return {s.step for s in steps if now - s.wall_time <= self.seconds}
+
+
+@dataclass(frozen=True)
+class _Composition(RetentionPolicy):
+    policies: tuple[RetentionPolicy, ...]
+
+    def __post_init__(self) -> None:
+        _require(len(self.policies) > 0, f"{type(self).__name__} needs at least one policy")
+
+    def uses_metadata(self) -> bool:
+        return any(p.uses_metadata() for p in self.policies)
+
+    def parts(self) -> Iterator[RetentionPolicy]:
+        yield self
+        for policy in self.policies:
+            yield from policy.parts()
+
+
+@dataclass(frozen=True)
+class AnyOf(_Composition):
+    """Keep a step if any part keeps it (built by ``|``)."""
+
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        kept: set[int] = set()
+        for policy in self.policies:
+            kept |= policy.keep(steps, now)
+        return kept
+
+
+@dataclass(frozen=True)
+class AllOf(_Composition):
+    """Keep a step only if every part keeps it (built by ``&``)."""
+
+    def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
+        kept = {s.step for s in steps}
+        for policy in self.policies:
+            kept &= policy.keep(steps, now)
+        return kept

@@ -1,0 +1,61 @@
+"""Sessions that build their own environments: tests, lint, demo, bench.
+
+Every session installs the CPU build of torch first, so that resolving the package's plain
+``torch`` requirement never pulls a multi-GB CUDA build by accident. On a machine with a GPU,
+set ``ALPHATRIANGLE_TORCH`` (and, if needed, ``ALPHATRIANGLE_TORCH_INDEX``) to the build wanted.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH_SPEC = os.environ.get("ALPHATRIANGLE_TORCH", "torch==2.13.0")
+TORCH_INDEX = os.environ.get("ALPHATRIANGLE_TORCH_INDEX")
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    torch_args = [TORCH_SPEC]
+    if TORCH_INDEX:
+        torch_args += ["--index-url", TORCH_INDEX]
+    session.install(*torch_args)
+    session.install("-e", f".{extras}")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (CUDA tests skip themselves without a GPU)."""
+    _install(session, "[dev]")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, mypy strict on the package."""
+    _install(session, "[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: a reference run with checkpointing on the embedded defaults."""
+    _install(session)
+    session.run("alphatriangle", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks; each writes JSON under benchmarks/results/."""
+    _install(session, "[dev]")
+    scripts = session.posargs or [
+        "benchmarks/bench_save.py",
+        "benchmarks/bench_retention.py",
+    ]
+    for script in scripts:
+        session.run("python", script)

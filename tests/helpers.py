@@ -1,0 +1,64 @@
+"""Shared by tests and by the child processes they start."""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("workers.py")
+
+
+def assert_tree_equal(actual: Any, expected: Any, path: str = "state") -> None:
+    """Same containers, same types, same dtypes, shapes and bytes (NaN-safe)."""
+    assert type(actual) is type(expected), f"{path}: {type(actual)} != {type(expected)}"
+    if isinstance(expected, torch.Tensor):
+        assert actual.dtype == expected.dtype, f"{path}: dtype {actual.dtype} != {expected.dtype}"
+        assert actual.shape == expected.shape, f"{path}: shape {actual.shape} != {expected.shape}"
+        assert actual.device == expected.device, f"{path}: device"
+        assert actual.requires_grad == expected.requires_grad, f"{path}: requires_grad"
+        a = actual.detach().cpu().contiguous().reshape(-1)
+        e = expected.detach().cpu().contiguous().reshape(-1)
+        assert bytes(a.view(torch.uint8).numpy()) == bytes(e.view(torch.uint8).numpy()), path
+    elif isinstance(expected, np.ndarray):
+        assert actual.dtype == expected.dtype, f"{path}: dtype {actual.dtype} != {expected.dtype}"
+        assert actual.shape == expected.shape, f"{path}: shape"
+        if expected.dtype.hasobject:
+            assert actual.tolist() == expected.tolist(), path
+        else:
+            assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+    elif isinstance(expected, (dict, OrderedDict)):
+        assert list(actual.keys()) == list(expected.keys()), f"{path}: keys"
+        for key in expected:
+            assert_tree_equal(actual[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), f"{path}: length"
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_tree_equal(a, e, f"{path}[{i}]")
+    elif isinstance(expected, float) and expected != expected:
+        assert actual != actual, f"{path}: expected NaN"
+    else:
+        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
+def state_for_step(step: int, megabytes: float = 1.0) -> dict[str, Any]:
+    """A deterministic state whose every byte depends on ``step``."""
+    generator = torch.Generator().manual_seed(step)
+    n = max(1, int(megabytes * (1 << 20) / 4 / 3))
+    return {
+        "model": OrderedDict(
+            (f"layer{i}.weight", torch.randn(n, generator=generator)) for i in range(3)
+        ),
+        "buffer": np.full(1000, step, dtype=np.int64),
+        "step": step,
+        "note": f"step {step}",
+    }
+
+
+def python() -> list[str]:
+    return [sys.executable, str(WORKER)]

@@ -1,0 +1,109 @@
+"""Child processes for the crash, disk-full and multi-process tests.
+
+Usage: python workers.py MODE DIRECTORY [ARGS...]; each mode prints progress lines that the
+parent waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import assert_tree_equal, state_for_step  # noqa: E402
+
+from alphatriangle.data import (  # noqa: E402
+    CheckpointManager,
+    CheckpointManagerOptions,
+    KeepAll,
+    KeepLatest,
+)
+
+
+def save_loop(directory: str, megabytes: str, keep: str) -> None:
+    """Save steps 0, 1, 2... until killed; keep=0 keeps all, else KeepLatest(keep)."""
+    n = int(keep)
+    retention = KeepAll() if n == 0 else KeepLatest(n)
+    manager = CheckpointManager(directory, CheckpointManagerOptions(retention=retention))
+    start = (manager.latest_step() or -1) + 1
+    print("ready", flush=True)
+    step = start
+    while True:
+        manager.save(step, state_for_step(step, float(megabytes)), metrics={"step": step})
+        step += 1
+
+
+def disk_full(directory: str) -> None:
+    """Commit a small step, then hit RLIMIT_FSIZE on a large one; report what surfaced."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = 2 << 20
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    report: dict[str, object] = {}
+    with CheckpointManager(directory) as manager:
+        manager.save(0, state_for_step(0, 0.5))
+        manager.wait_until_finished()
+        manager.save(1, state_for_step(1, 8.0))
+        try:
+            manager.wait_until_finished()
+            report["error"] = None
+        except OSError as exc:
+            report.update(error=type(exc).__name__, errno=exc.errno, message=str(exc))
+        report["steps_after"] = manager.all_steps()
+        assert_tree_equal(manager.restore(0), state_for_step(0, 0.5))
+        report["restored_0"] = True
+    print(json.dumps(report), flush=True)
+
+
+def hold_writer(directory: str) -> None:
+    manager = CheckpointManager(directory)
+    print("locked", flush=True)
+    time.sleep(3600)
+    manager.close()
+
+
+def writer_prune(directory: str, seconds: str, megabytes: str) -> None:
+    """Save and prune (KeepLatest(2)) as fast as possible for ``seconds``."""
+    options = CheckpointManagerOptions(retention=KeepLatest(2))
+    with CheckpointManager(directory, options) as manager:
+        deadline = time.monotonic() + float(seconds)
+        step = 0
+        while time.monotonic() < deadline:
+            manager.save(step, state_for_step(step, float(megabytes)))
+            step += 1
+    print(json.dumps({"saved": step}), flush=True)
+
+
+def reader(directory: str, seconds: str, megabytes: str) -> None:
+    """Restore the newest step in a loop; count errors and mismatches."""
+    options = CheckpointManagerOptions(read_only=True)
+    deadline = time.monotonic() + float(seconds)
+    restored, errors, steps = 0, [], set()
+    with CheckpointManager(directory, options) as manager:
+        while time.monotonic() < deadline:
+            if manager.latest_step() is None:
+                time.sleep(0.01)
+                continue
+            try:
+                state = manager.restore()
+                assert_tree_equal(state, state_for_step(state["step"], float(megabytes)))
+                restored += 1
+                steps.add(state["step"])
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+    print(json.dumps({"restored": restored, "errors": errors, "distinct": len(steps)}), flush=True)
+
+
+if __name__ == "__main__":
+    modes = {
+        "save-loop": save_loop,
+        "disk-full": disk_full,
+        "hold-writer": hold_writer,
+        "writer-prune": writer_prune,
+        "reader": reader,
+    }
+    modes[sys.argv[1]](*sys.argv[2:])
