@@ -11,6 +11,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,23 +40,37 @@ def save_loop(directory: str, megabytes: str, keep: str) -> None:
 
 
 def disk_full(directory: str) -> None:
-    """Commit a small step, then hit RLIMIT_FSIZE on a large one; report what surfaced."""
+    """Commit a small step, then hit RLIMIT_FSIZE (a real EFBIG from write) on large ones;
+    report where each failure surfaced."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     limit = 2 << 20
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     report: dict[str, object] = {}
-    with CheckpointManager(directory) as manager:
-        manager.save(0, state_for_step(0, 0.5))
-        manager.wait_until_finished()
-        manager.save(1, state_for_step(1, 8.0))
+
+    def attempt(where: str, action: Callable[[], object]) -> None:
         try:
-            manager.wait_until_finished()
-            report["error"] = None
+            action()
+            report[where] = None
         except OSError as exc:
-            report.update(error=type(exc).__name__, errno=exc.errno, message=str(exc))
-        report["steps_after"] = manager.all_steps()
-        assert_tree_equal(manager.restore(0), state_for_step(0, 0.5))
-        report["restored_0"] = True
+            report[where] = {"type": type(exc).__name__, "errno": exc.errno}
+
+    manager = CheckpointManager(directory, CheckpointManagerOptions(retention=KeepAll()))
+    manager.save(0, state_for_step(0, 0.5))
+    manager.wait_until_finished()
+    manager.save(1, state_for_step(1, 8.0))
+    attempt("wait_until_finished", manager.wait_until_finished)
+    manager.save(2, state_for_step(2, 8.0))
+    attempt("next_save", lambda: manager.save(3, state_for_step(3, 0.5)))
+    manager.save(4, state_for_step(4, 0.5))
+    manager.save(5, state_for_step(5, 8.0))
+    attempt("close", manager.close)
+    hidden = [p.name for p in Path(directory).iterdir() if p.name.startswith(".step")]
+    report["leftovers"] = sorted(hidden)
+    with CheckpointManager(directory) as reopened:
+        report["steps_after"] = reopened.all_steps()
+        for step in reopened.all_steps():
+            assert_tree_equal(reopened.restore(step), state_for_step(step, 0.5))
+        report["restored_intact"] = True
     print(json.dumps(report), flush=True)
 
 

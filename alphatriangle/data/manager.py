@@ -150,6 +150,10 @@ class CheckpointManager:
                         step=step,
                     )
             buffer = pool.acquire(block=self.options.on_full == "wait")
+            if buffer is not None and writer.has_error():
+                # The save this one waited for failed: report it now, not one save later.
+                pool.release(buffer)
+                writer.raise_error()
             if buffer is None:
                 self.skipped_steps.append(step)
                 logger.warning(
@@ -168,16 +172,22 @@ class CheckpointManager:
             with self._state_lock:
                 self._in_flight.add(step)
             info = StepInfo(step, self._clock(), checked_metrics)
-            writer.submit(lambda: self._write_step(info, staged, pool, force), handle)
+            writer.submit(
+                lambda: self._write_step(info, staged, force),
+                handle,
+                lambda: self._finish_save(info.step, staged, pool),
+            )
             return handle
 
-    def _write_step(
-        self, info: StepInfo, staged: StagedState, pool: StagingPool, replace: bool
-    ) -> Path:
+    def _finish_save(self, step: int, staged: StagedState, pool: StagingPool) -> None:
+        pool.release(staged.buffer)
+        with self._state_lock:
+            self._in_flight.discard(step)
+
+    def _write_step(self, info: StepInfo, staged: StagedState, replace: bool) -> Path:
         """Runs on the writer thread: 2) write 3) commit 4) retain."""
-        temporary: Path | None = None
+        temporary = create_temporary_step_dir(self.directory, info.step)
         try:
-            temporary = create_temporary_step_dir(self.directory, info.step)
             write_step_files(
                 temporary,
                 info.step,
@@ -186,15 +196,12 @@ class CheckpointManager:
                 wall_time=info.wall_time,
             )
             final = self._commit(temporary, info.step, replace)
-            temporary = None
-            with self._state_lock:
-                self._infos[info.step] = info
-        finally:
-            pool.release(staged.buffer)
-            with self._state_lock:
-                self._in_flight.discard(info.step)
-            if temporary is not None:
-                remove_tree(temporary)
+        except BaseException:
+            remove_tree(temporary)
+            raise
+        with self._state_lock:
+            self._infos[info.step] = info
+            self._in_flight.discard(info.step)
         self._apply_retention()
         return final
 

@@ -109,7 +109,7 @@ class KeepLatest(RetentionPolicy):
         _require(isinstance(self.n, int) and self.n >= 0, f"KeepLatest.n must be >= 0, got {self.n!r}")
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
-        return {s.step for s in steps[len(steps) - self.n :]} if self.n else set()
+        return {s.step for s in steps[max(0, len(steps) - self.n) :]} if self.n else set()
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,9 @@ class BackgroundWriter:
     """One thread that runs submitted jobs in order and keeps their first failure."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.Queue[tuple[Callable[[], Path], SaveHandle] | None] = queue.Queue()
+        self._jobs: queue.Queue[
+            tuple[Callable[[], Path], SaveHandle, Callable[[], None]] | None
+        ] = queue.Queue()
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._idle = threading.Condition()
@@ -50,27 +52,44 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[], Path], handle: SaveHandle) -> None:
+    def submit(
+        self, job: Callable[[], Path], handle: SaveHandle, cleanup: Callable[[], None]
+    ) -> None:
+        """Run ``job`` in turn. Its failure is recorded first, then ``cleanup`` runs, then
+        ``handle`` completes: whoever sees the save's resources free also sees its error."""
         with self._idle:
             self._pending += 1
-        self._jobs.put((job, handle))
+        self._jobs.put((job, handle, cleanup))
 
     def _run(self) -> None:
         while (entry := self._jobs.get()) is not None:
-            job, handle = entry
+            job, handle, cleanup = entry
+            result: Path | None = None
+            error: BaseException | None = None
             try:
-                handle.committed.set_result(job())
+                result = job()
             except BaseException as exc:
-                handle.committed.set_exception(exc)
+                error = exc
                 with self._error_lock:
                     if self._error is None:
                         self._error = exc
                     else:
                         logger.error("a later background save failed too: %r", exc)
+            try:
+                cleanup()
             finally:
+                if error is not None:
+                    handle.committed.set_exception(error)
+                else:
+                    assert result is not None
+                    handle.committed.set_result(result)
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+    def has_error(self) -> bool:
+        with self._error_lock:
+            return self._error is not None
 
     def raise_error(self) -> None:
         """Raise the first background failure not yet raised, with its original type."""
