@@ -37,9 +37,7 @@ def run_demo(directory: Path, steps: int) -> None:
     """Train a small network for ``steps`` steps, checkpointing every 20 and keeping the
     3 newest and the best by loss; print what was saved and restored."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1)
-    )
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     inputs = torch.randn(4096, 64)
     targets = inputs.sum(dim=1, keepdim=True).sin()
@@ -61,7 +59,7 @@ def run_demo(directory: Path, steps: int) -> None:
             batch = torch.randint(0, len(inputs), (256,))
             loss = torch.nn.functional.mse_loss(model(inputs[batch]), targets[batch])
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # unannotated in torch
             optimizer.step()
             state = {
                 "model": model.state_dict(),
@@ -77,7 +75,5 @@ def run_demo(directory: Path, steps: int) -> None:
         print(f"trained {steps} steps in {elapsed:.2f} s; kept steps {manager.all_steps()}")
         print(f"best step by loss: {manager.best_step()}")
         restored = manager.restore()
-        same = all(
-            torch.equal(restored["model"][k], v) for k, v in model.state_dict().items()
-        )
+        same = all(torch.equal(restored["model"][k], v) for k, v in model.state_dict().items())
         print(f"newest step {manager.latest_step()} restores the live weights exactly: {same}")

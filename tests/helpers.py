@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -31,7 +32,9 @@ def assert_tree_equal(actual: Any, expected: Any, path: str = "state") -> None:
         if expected.dtype.hasobject:
             assert actual.tolist() == expected.tolist(), path
         else:
-            assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+            assert (
+                np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+            )
     elif isinstance(expected, (dict, OrderedDict)):
         assert list(actual.keys()) == list(expected.keys()), f"{path}: keys"
         for key in expected:
@@ -40,8 +43,8 @@ def assert_tree_equal(actual: Any, expected: Any, path: str = "state") -> None:
         assert len(actual) == len(expected), f"{path}: length"
         for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_tree_equal(a, e, f"{path}[{i}]")
-    elif isinstance(expected, float) and expected != expected:
-        assert actual != actual, f"{path}: expected NaN"
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(actual), f"{path}: expected NaN"
     else:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import assert_tree_equal, state_for_step  # noqa: E402
+from helpers import assert_tree_equal, state_for_step
 
-from alphatriangle.data import (  # noqa: E402
+from alphatriangle.data import (
     CheckpointManager,
     CheckpointManagerOptions,
     KeepAll,

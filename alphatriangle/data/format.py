@@ -250,12 +250,14 @@ def _empty_array(spec: ArraySpec) -> tuple[Any, memoryview]:
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown torch dtype {spec.dtype!r}")
         raw = torch.empty(spec.nbytes, dtype=torch.uint8)
-        tensor = raw.view(dtype).view(spec.shape) if spec.nbytes else torch.empty(
-            spec.shape, dtype=dtype
+        tensor = (
+            raw.view(dtype).view(spec.shape)
+            if spec.nbytes
+            else torch.empty(spec.shape, dtype=dtype)
         )
-        return tensor, memoryview(raw.numpy())
+        return tensor, raw.numpy().data
     array = np.empty(spec.shape, dtype=np.dtype(spec.dtype))
-    return array, memoryview(array.reshape(-1).view(np.uint8))
+    return array, array.reshape(-1).view(np.uint8).data
 
 
 def _finish_tensor(tensor: torch.Tensor, spec: ArraySpec, map_location: Any) -> torch.Tensor:

@@ -102,9 +102,7 @@ def scan_leftovers(directory: Path) -> list[Leftover]:
             for entry in entries:
                 match = _LEFTOVER_RE.match(entry.name)
                 if match and entry.is_dir(follow_symlinks=False):
-                    found.append(
-                        Leftover(Path(entry.path), int(match.group(1)), match.group(2))
-                    )
+                    found.append(Leftover(Path(entry.path), int(match.group(1)), match.group(2)))
     except FileNotFoundError:
         return []
     return found

@@ -28,7 +28,14 @@ import filelock
 
 from alphatriangle.data.errors import LockTimeoutError
 
-__all__ = ["LOCK_NAME", "HOLDER_NAME", "StepGoneError", "WriterLock", "reader_lease", "try_take_step"]
+__all__ = [
+    "HOLDER_NAME",
+    "LOCK_NAME",
+    "StepGoneError",
+    "WriterLock",
+    "reader_lease",
+    "try_take_step",
+]
 
 LOCK_NAME = ".writer.lock"
 HOLDER_NAME = ".writer.json"
@@ -95,7 +102,7 @@ def reader_lease(step_dir: Path) -> Iterator[None]:
         # The deleter renames a step while holding it exclusively; having waited for it, make
         # sure the name still points at the directory the lease is on.
         try:
-            same = os.stat(step_dir).st_ino == os.fstat(fd).st_ino
+            same = step_dir.stat().st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if not same:

@@ -251,7 +251,9 @@ class CheckpointManager:
                 try:
                     manifest = read_manifest(self.directory / step_dir_name(step), step)
                 except CheckpointCorruptError as exc:
-                    logger.error("retention keeps step %d, whose manifest is unreadable: %s", step, exc)
+                    logger.error(
+                        "retention keeps step %d, whose manifest is unreadable: %s", step, exc
+                    )
                     unreadable.add(step)
                     continue
                 info = StepInfo(step, manifest.wall_time, dict(manifest.metrics))

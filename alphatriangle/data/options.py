@@ -34,15 +34,15 @@ class CheckpointManagerOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    save_interval_steps: int = Field(1, ge=1)
-    max_pending: int = Field(1, ge=1, le=64)
+    save_interval_steps: int = Field(default=1, ge=1)
+    max_pending: int = Field(default=1, ge=1, le=64)
     on_full: Literal["wait", "skip"] = "wait"
     verify_on_restore: bool = True
     read_only: bool = False
     retention: RetentionPolicy = Field(default_factory=lambda: KeepLatest(3))
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
-    lock_timeout_s: float = Field(5.0, ge=0.0, le=86_400.0)
+    lock_timeout_s: float = Field(default=5.0, ge=0.0, le=86_400.0)
 
     @model_validator(mode="after")
     def _best_metric_named(self) -> CheckpointManagerOptions:

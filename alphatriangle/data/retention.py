@@ -106,7 +106,9 @@ class KeepLatest(RetentionPolicy):
     needs_metadata: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.n, int) and self.n >= 0, f"KeepLatest.n must be >= 0, got {self.n!r}")
+        _require(
+            isinstance(self.n, int) and self.n >= 0, f"KeepLatest.n must be >= 0, got {self.n!r}"
+        )
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
         return {s.step for s in steps[max(0, len(steps) - self.n) :]} if self.n else set()
@@ -158,9 +160,13 @@ class KeepBest(RetentionPolicy):
     mode: Literal["min", "max"] = "min"
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.k, int) and self.k >= 1, f"KeepBest.k must be >= 1, got {self.k!r}")
+        _require(
+            isinstance(self.k, int) and self.k >= 1, f"KeepBest.k must be >= 1, got {self.k!r}"
+        )
         _require(bool(self.metric), "KeepBest.metric must name a metric")
-        _require(self.mode in ("min", "max"), f"KeepBest.mode must be 'min' or 'max', got {self.mode!r}")
+        _require(
+            self.mode in ("min", "max"), f"KeepBest.mode must be 'min' or 'max', got {self.mode!r}"
+        )
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
         return set(best_of(steps, self.metric, self.mode, self.k))

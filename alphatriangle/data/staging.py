@@ -191,7 +191,7 @@ class StagedState:
 
     def data(self) -> memoryview:
         """The bytes of the data file: every array at its offset, zeros between."""
-        return memoryview(self.buffer.array[: self.nbytes])
+        return self.buffer.array[: self.nbytes].data
 
 
 class _TreeEncoder:
@@ -320,7 +320,8 @@ def _copy_stream(device: torch.device) -> torch.cuda.Stream:
     """One dedicated copy stream per CUDA device, created on first use."""
     stream = _copy_streams.get(device)
     if stream is None:
-        stream = _copy_streams[device] = torch.cuda.Stream(device=device)
+        # torch.cuda.Stream.__init__ carries no annotations.
+        stream = _copy_streams[device] = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
     return stream
 
 
@@ -362,7 +363,9 @@ def decode_tree(tree: JsonTree, arrays: list[Any], objects: list[Any] | None) ->
     if tag == "t":
         return tuple(decode_tree(v, arrays, objects) for v in body)
     if tag in ("d", "od"):
-        pairs = [(decode_tree(k, arrays, objects), decode_tree(v, arrays, objects)) for k, v in body]
+        pairs = [
+            (decode_tree(k, arrays, objects), decode_tree(v, arrays, objects)) for k, v in body
+        ]
         return dict(pairs) if tag == "d" else OrderedDict(pairs)
     if tag == "f":
         return float(body)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -90,7 +89,3 @@ def test_full_disk_surfaces_the_real_error_and_keeps_committed_steps(tmp_path: P
     assert report["leftovers"] == [], "a failed step left its temporary directory"
     assert report["steps_after"] == [0, 4]
     assert report["restored_intact"] is True
-
-
-def test_worker_helper_sanity() -> None:
-    assert os.path.exists(python()[1])

@@ -1,0 +1,57 @@
+"""CUDA staging: pinned host buffers, a side stream, snapshot semantics on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepAll
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_cuda_round_trip_and_map_location(ckpt_dir: Path) -> None:
+    state = {
+        "w": torch.randn(1024, 1024, device="cuda"),
+        "bf16": torch.randn(333, device="cuda").to(torch.bfloat16),
+        "cpu": torch.arange(10),
+    }
+    with CheckpointManager(ckpt_dir) as manager:
+        manager.save(0, state)
+        manager.wait_until_finished()
+        on_device = manager.restore(0)
+        on_cpu = manager.restore(0, map_location="cpu")
+    assert on_device["w"].is_cuda and torch.equal(on_device["w"], state["w"])
+    assert torch.equal(on_device["bf16"], state["bf16"])
+    assert on_cpu["w"].device.type == "cpu" and torch.equal(on_cpu["w"], state["w"].cpu())
+
+
+def test_cuda_snapshot_ignores_later_kernels(ckpt_dir: Path) -> None:
+    weights = torch.zeros(64 << 20, device="cuda")  # 256 MB
+    expected = weights.clone()
+    with CheckpointManager(ckpt_dir) as manager:
+        weights.add_(1.0)  # queued before save: must be captured
+        expected.add_(1.0)
+        manager.save(0, {"w": weights})
+        weights.mul_(0.0)  # queued after save returned: must not be captured
+        manager.wait_until_finished()
+        restored = manager.restore(0)["w"]
+    assert torch.equal(restored, expected)
+
+
+def test_cuda_staging_uses_one_pinned_buffer_reused(ckpt_dir: Path) -> None:
+    options = CheckpointManagerOptions(retention=KeepAll())
+    with CheckpointManager(ckpt_dir, options) as manager:
+        for step in range(4):
+            manager.save(step, {"w": torch.full((1 << 20,), float(step), device="cuda")})
+        manager.wait_until_finished()
+        pool = manager._pool
+        assert pool is not None
+        assert pool.allocations == 1
+        assert all(buffer.pinned for buffer in pool._all)
+        assert manager.restore(3)["w"][0].item() == 3.0
