@@ -56,6 +56,8 @@ def bench(session: nox.Session) -> None:
     scripts = session.posargs or [
         "benchmarks/bench_save.py",
         "benchmarks/bench_retention.py",
+        "benchmarks/bench_training.py",
+        "benchmarks/gpu_check.py",
     ]
     for script in scripts:
         session.run("python", script)

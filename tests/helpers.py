@@ -23,9 +23,10 @@ def assert_tree_equal(actual: Any, expected: Any, path: str = "state") -> None:
         assert actual.shape == expected.shape, f"{path}: shape {actual.shape} != {expected.shape}"
         assert actual.device == expected.device, f"{path}: device"
         assert actual.requires_grad == expected.requires_grad, f"{path}: requires_grad"
-        a = actual.detach().cpu().contiguous().reshape(-1)
-        e = expected.detach().cpu().contiguous().reshape(-1)
-        assert bytes(a.view(torch.uint8).numpy()) == bytes(e.view(torch.uint8).numpy()), path
+        if expected.numel():
+            a = actual.detach().cpu().contiguous().reshape(-1)
+            e = expected.detach().cpu().contiguous().reshape(-1)
+            assert bytes(a.view(torch.uint8).numpy()) == bytes(e.view(torch.uint8).numpy()), path
     elif isinstance(expected, np.ndarray):
         assert actual.dtype == expected.dtype, f"{path}: dtype {actual.dtype} != {expected.dtype}"
         assert actual.shape == expected.shape, f"{path}: shape"

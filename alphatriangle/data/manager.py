@@ -176,6 +176,7 @@ class CheckpointManager:
                 lambda: self._write_step(info, staged, force),
                 handle,
                 lambda: self._finish_save(info.step, staged, pool),
+                self._apply_retention,
             )
             return handle
 
@@ -185,7 +186,8 @@ class CheckpointManager:
             self._in_flight.discard(step)
 
     def _write_step(self, info: StepInfo, staged: StagedState, replace: bool) -> Path:
-        """Runs on the writer thread: 2) write 3) commit 4) retain."""
+        """Runs on the writer thread: 2) write 3) commit. Retention (4) runs after the
+        handle completes: a commit never waits on deletions."""
         temporary = create_temporary_step_dir(self.directory, info.step)
         try:
             write_step_files(
@@ -202,7 +204,6 @@ class CheckpointManager:
         with self._state_lock:
             self._infos[info.step] = info
             self._in_flight.discard(info.step)
-        self._apply_retention()
         return final
 
     def _commit(self, temporary: Path, step: int, replace: bool) -> Path:

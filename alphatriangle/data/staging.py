@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 ALIGNMENT = 64
+PAGE = 4096  # host buffers start on a page and data files are padded to one: O_DIRECT-able
 JsonTree = Any  # None | bool | int | float | str | list | dict: what json.dumps accepts
 
 
@@ -109,6 +110,7 @@ class HostBuffer:
     """One reusable staging buffer: a flat byte tensor, pinned when CUDA tensors use it."""
 
     def __init__(self) -> None:
+        self._raw = torch.empty(0, dtype=torch.uint8)
         self.tensor = torch.empty(0, dtype=torch.uint8)
         self.array: np.ndarray[Any, np.dtype[np.uint8]] = self.tensor.numpy()
         self.pinned = False
@@ -125,9 +127,11 @@ class HostBuffer:
         if nbytes <= self.capacity and (self.pinned or not pinned):
             return
         capacity = max(nbytes, self.capacity)
-        capacity = -(-capacity // (1 << 20)) << 20  # round up to 1 MiB
-        self.tensor = torch.empty(0, dtype=torch.uint8)  # drop the old one first
-        self.tensor = torch.zeros(capacity, dtype=torch.uint8, pin_memory=pinned)
+        capacity = -(-capacity // (1 << 20)) << 20  # round up to 1 MiB (so to a page too)
+        self._raw = self.tensor = torch.empty(0, dtype=torch.uint8)  # drop the old one first
+        self._raw = torch.zeros(capacity + PAGE, dtype=torch.uint8, pin_memory=pinned)
+        shift = -self._raw.data_ptr() % PAGE
+        self.tensor = self._raw[shift : shift + capacity]
         self.array = self.tensor.numpy()
         self.pinned = pinned
         self.allocations += 1
@@ -143,7 +147,7 @@ class HostBuffer:
         for offset, size in layout:
             self.array[end:offset] = 0
             end = offset + size
-        self.array[end:nbytes] = 0
+        self.array[end : _page_round(nbytes)] = 0
         self._layout = layout
 
 
@@ -192,6 +196,15 @@ class StagedState:
     def data(self) -> memoryview:
         """The bytes of the data file: every array at its offset, zeros between."""
         return self.buffer.array[: self.nbytes].data
+
+    def page_padded_data(self) -> memoryview:
+        """:meth:`data` followed by zeros up to a whole page, starting on a page boundary:
+        what an ``O_DIRECT`` write needs."""
+        return self.buffer.array[: _page_round(self.nbytes)].data
+
+
+def _page_round(nbytes: int) -> int:
+    return -(-nbytes // PAGE) * PAGE
 
 
 class _TreeEncoder:

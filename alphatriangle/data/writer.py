@@ -43,7 +43,7 @@ class BackgroundWriter:
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.Queue[
-            tuple[Callable[[], Path], SaveHandle, Callable[[], None]] | None
+            tuple[Callable[[], Path], SaveHandle, Callable[[], None], Callable[[], None]] | None
         ] = queue.Queue()
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
@@ -53,28 +53,30 @@ class BackgroundWriter:
         self._thread.start()
 
     def submit(
-        self, job: Callable[[], Path], handle: SaveHandle, cleanup: Callable[[], None]
+        self,
+        job: Callable[[], Path],
+        handle: SaveHandle,
+        cleanup: Callable[[], None],
+        after: Callable[[], None],
     ) -> None:
         """Run ``job`` in turn. Its failure is recorded first, then ``cleanup`` runs, then
-        ``handle`` completes: whoever sees the save's resources free also sees its error."""
+        ``handle`` completes (whoever sees the save's resources free also sees its error),
+        then, if the job succeeded, ``after`` runs (post-commit work such as retention, which
+        the commit does not wait for; its failure is recorded like a job's)."""
         with self._idle:
             self._pending += 1
-        self._jobs.put((job, handle, cleanup))
+        self._jobs.put((job, handle, cleanup, after))
 
     def _run(self) -> None:
         while (entry := self._jobs.get()) is not None:
-            job, handle, cleanup = entry
+            job, handle, cleanup, after = entry
             result: Path | None = None
             error: BaseException | None = None
             try:
                 result = job()
             except BaseException as exc:
                 error = exc
-                with self._error_lock:
-                    if self._error is None:
-                        self._error = exc
-                    else:
-                        logger.error("a later background save failed too: %r", exc)
+                self._record(exc)
             try:
                 cleanup()
             finally:
@@ -83,9 +85,20 @@ class BackgroundWriter:
                 else:
                     assert result is not None
                     handle.committed.set_result(result)
+                    try:
+                        after()
+                    except BaseException as exc:
+                        self._record(exc)
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+    def _record(self, exc: BaseException) -> None:
+        with self._error_lock:
+            if self._error is None:
+                self._error = exc
+            else:
+                logger.error("a later background failure too: %r", exc)
 
     def has_error(self) -> bool:
         with self._error_lock:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -68,13 +67,6 @@ def test_second_writer_in_the_same_process_is_refused(ckpt_dir: Path) -> None:
         CheckpointManager(ckpt_dir, CheckpointManagerOptions(lock_timeout_s=0.1))
     with CheckpointManager(ckpt_dir, CheckpointManagerOptions(lock_timeout_s=0.1)):
         pass  # released by close
-
-
-def test_errors_survive_pickling() -> None:
-    error = LockTimeoutError("held by pid 1", path="/x", step=None)
-    again = pickle.loads(pickle.dumps(error))
-    assert type(again) is LockTimeoutError
-    assert (str(again), again.path, again.step) == ("held by pid 1", "/x", None)
 
 
 def test_retention_skips_a_step_a_reader_holds(ckpt_dir: Path) -> None:
