@@ -54,6 +54,7 @@ FORMAT_NAME = "alphatriangle-checkpoint"
 FORMAT_VERSION = 1
 _CHECKSUM = "xxh3_64"
 _READ_CHUNK = 64 << 20
+_HASH_CHUNK = 16 << 20  # restore hashes chunk k while it reads chunk k + 1
 _WRITE_CHUNK = 64 << 20  # a multiple of the page: O_DIRECT writes stay aligned
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
@@ -336,21 +337,22 @@ def _read_small(step_dir: Path, manifest: Manifest, name: str, verify: bool) -> 
     return data
 
 
-def _empty_array(spec: ArraySpec) -> tuple[Any, memoryview]:
-    """A new array to read ``spec`` into, and a byte view of its memory."""
+def _array_in(arena: np.ndarray[Any, np.dtype[np.uint8]], spec: ArraySpec) -> Any:
+    """The array ``spec`` describes, as a view of ``arena`` (the data file's bytes).
+
+    A torch tensor gets a storage of its own covering just its bytes (saving it writes only
+    those); the memory is shared and returned when the last array of the item is freed.
+    """
     if spec.framework == "torch":
         dtype = getattr(torch, spec.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown torch dtype {spec.dtype!r}")
-        raw = torch.empty(spec.nbytes, dtype=torch.uint8)
-        tensor = (
-            raw.view(dtype).view(spec.shape)
-            if spec.nbytes
-            else torch.empty(spec.shape, dtype=dtype)
-        )
-        return tensor, raw.numpy().data
-    array = np.empty(spec.shape, dtype=np.dtype(spec.dtype))
-    return array, array.reshape(-1).view(np.uint8).data
+        if spec.nbytes == 0:
+            return torch.empty(spec.shape, dtype=dtype)
+        raw = torch.frombuffer(arena, dtype=torch.uint8, count=spec.nbytes, offset=spec.offset)
+        return raw.view(dtype).view(spec.shape)
+    region = arena[spec.offset : spec.offset + spec.nbytes]
+    return region.view(np.dtype(spec.dtype)).reshape(spec.shape)
 
 
 def _finish_tensor(tensor: torch.Tensor, spec: ArraySpec, map_location: Any) -> torch.Tensor:
@@ -390,20 +392,19 @@ def read_item(
     if entry is None:
         raise _corrupt(step_dir / MANIFEST_NAME, manifest.step, f"does not list {data_name}")
     reader = _VerifiedReader(step_dir / data_name, entry, manifest.step, verify)
-    arrays: list[Any] = []
     try:
-        for spec in specs:
-            gap = spec.offset - reader.position
-            if gap < 0 or spec.offset + spec.nbytes > reader.expected_size:
-                raise _corrupt(step_dir / index_name, manifest.step, "array outside data file")
-            reader.read_into(memoryview(bytearray(gap)))
-            array, view = _empty_array(spec)
-            reader.read_into(view)
-            arrays.append(array)
-        reader.read_into(memoryview(bytearray(reader.expected_size - reader.position)))
+        # One allocation for the whole file (numpy asks for huge pages: cheap first touch),
+        # read in chunks so that hashing one overlaps reading the next.
+        arena = np.empty(reader.expected_size, dtype=np.uint8)
+        for start in range(0, reader.expected_size, _HASH_CHUNK):
+            reader.read_into(arena.data[start : start + _HASH_CHUNK])
     finally:
         reader.close()
     reader.finish()
+    for spec in specs:
+        if spec.offset < 0 or spec.nbytes < 0 or spec.offset + spec.nbytes > arena.nbytes:
+            raise _corrupt(step_dir / index_name, manifest.step, "array outside data file")
+    arrays = [_array_in(arena, spec) for spec in specs]
 
     arrays = [
         _finish_tensor(a, s, map_location) if s.framework == "torch" else a
