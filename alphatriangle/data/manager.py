@@ -359,8 +359,8 @@ class CheckpointManager:
 
     def reload(self) -> None:
         """Rescan the directory for committed steps."""
-        found = scan_steps(self.directory)
-        with self._state_lock:
+        with self._state_lock:  # held across the scan: a commit meanwhile is never lost
+            found = scan_steps(self.directory)
             self._infos = {step: self._infos.get(step) for step in found}
 
     # -- finishing ------------------------------------------------------------------------
@@ -381,7 +381,8 @@ class CheckpointManager:
         self._closed = True
         try:
             if self._writer is not None:
-                self._writer.stop()
+                with self._save_lock:  # a save already past its checks submits first
+                    self._writer.stop()
         finally:
             if self._lock is not None:
                 self._lock.release()
