@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from alphatriangle.data.layout import (
+    scan_leftovers,
+    scan_steps,
+    step_dir_name,
+    step_from_dir_name,
+    temporary_dir_name,
+    trash_dir_name,
+)
+
+
+@given(step=st.integers(min_value=0, max_value=10**15))
+def test_step_names_round_trip_and_sort(step: int) -> None:
+    name = step_dir_name(step)
+    assert step_from_dir_name(name) == step
+    assert len(name) >= len("step_000000000")
+    assert step_from_dir_name(temporary_dir_name(step)) is None
+    assert step_from_dir_name(trash_dir_name(step)) is None
+
+
+def test_negative_steps_are_refused() -> None:
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        step_dir_name(-1)
+
+
+@given(
+    steps=st.sets(st.integers(0, 10**10), max_size=20),
+    noise=st.lists(
+        st.sampled_from(
+            ["step_12", "step_abc", "Step_000000001", "step_000000001.bak", "notes.txt", ".lock"]
+        ),
+        max_size=5,
+        unique=True,
+    ),
+)
+def test_scan_finds_exactly_the_committed_steps(
+    tmp_path_factory: pytest.TempPathFactory, steps: set[int], noise: list[str]
+) -> None:
+    directory = tmp_path_factory.mktemp("scan")
+    for step in steps:
+        (directory / step_dir_name(step)).mkdir()
+        (directory / temporary_dir_name(step)).mkdir()
+    for name in noise:
+        (directory / name).mkdir()
+    (directory / "step_000000777").write_text("a file, not a step")
+    assert scan_steps(directory) == sorted(steps)
+    assert {leftover.step for leftover in scan_leftovers(directory)} == steps
+
+
+def test_scanning_a_missing_directory_finds_nothing(tmp_path: Path) -> None:
+    assert scan_steps(tmp_path / "absent") == []
+    assert scan_leftovers(tmp_path / "absent") == []
