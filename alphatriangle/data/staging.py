@@ -107,7 +107,8 @@ def is_array_leaf(value: object) -> bool:
 
 
 class HostBuffer:
-    """One reusable staging buffer: a flat byte tensor, pinned when CUDA tensors use it."""
+    """One reusable staging buffer: a flat byte tensor starting on a page boundary (so that
+    the data file can be written from it with O_DIRECT), pinned once CUDA tensors use it."""
 
     def __init__(self) -> None:
         self._raw = torch.empty(0, dtype=torch.uint8)
@@ -128,6 +129,7 @@ class HostBuffer:
             return
         capacity = max(nbytes, self.capacity)
         capacity = -(-capacity // (1 << 20)) << 20  # round up to 1 MiB (so to a page too)
+        pinned = pinned or self.pinned  # once pinned, stay pinned: no flip-flopping
         self._raw = self.tensor = torch.empty(0, dtype=torch.uint8)  # drop the old one first
         self._raw = torch.zeros(capacity + PAGE, dtype=torch.uint8, pin_memory=pinned)
         shift = -self._raw.data_ptr() % PAGE
