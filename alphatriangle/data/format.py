@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import xxhash
 
-from alphatriangle.data.errors import CheckpointCorruptError
+from alphatriangle.data.errors import CheckpointCorruptError, CheckpointError
 from alphatriangle.data.layout import MANIFEST_NAME
 from alphatriangle.data.staging import (
     ArraySpec,
@@ -355,8 +355,17 @@ def _array_in(arena: np.ndarray[Any, np.dtype[np.uint8]], spec: ArraySpec) -> An
     return region.view(np.dtype(spec.dtype)).reshape(spec.shape)
 
 
-def _finish_tensor(tensor: torch.Tensor, spec: ArraySpec, map_location: Any) -> torch.Tensor:
+def _finish_tensor(
+    tensor: torch.Tensor, spec: ArraySpec, map_location: Any, step_dir: Path, step: int
+) -> torch.Tensor:
     device = torch.device(map_location) if map_location is not None else torch.device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(
+            f"step {step} holds tensors saved on {spec.device}, and this process has no CUDA "
+            "device; pass map_location='cpu' to restore them on the CPU",
+            path=step_dir,
+            step=step,
+        )
     if device.type != "cpu":
         tensor = tensor.to(device)
     if spec.parameter:
@@ -401,15 +410,19 @@ def read_item(
     finally:
         reader.close()
     reader.finish()
+    arrays = []
     for spec in specs:
         if spec.offset < 0 or spec.nbytes < 0 or spec.offset + spec.nbytes > arena.nbytes:
             raise _corrupt(step_dir / index_name, manifest.step, "array outside data file")
-    arrays = [_array_in(arena, spec) for spec in specs]
-
-    arrays = [
-        _finish_tensor(a, s, map_location) if s.framework == "torch" else a
-        for a, s in zip(arrays, specs, strict=True)
-    ]
+        try:
+            array = _array_in(arena, spec)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise _corrupt(
+                step_dir / index_name, manifest.step, f"bad array entry ({exc})"
+            ) from None
+        if spec.framework == "torch":
+            array = _finish_tensor(array, spec, map_location, step_dir, manifest.step)
+        arrays.append(array)
     objects = None
     objects_name = f"{item}.objects.pkl"
     if objects_name in manifest.files:

@@ -212,3 +212,31 @@ def test_public_methods_are_thread_safe(ckpt_dir: Path) -> None:
         manager.wait_until_finished()
         assert not errors, errors
         assert manager.all_steps() == sorted(k * 100 + i for k in range(3) for i in range(10))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+def test_cuda_checkpoint_on_a_cpu_machine_asks_for_map_location(ckpt_dir: Path) -> None:
+    import xxhash
+
+    from alphatriangle.data.format import _canonical, _seal
+
+    with CheckpointManager(ckpt_dir) as manager:
+        manager.save(0, {"w": torch.arange(4.0)})
+    # Make the step say its tensor came from a GPU, as one saved on a GPU machine does.
+    step_dir = ckpt_dir / "step_000000000"
+    index = json.loads((step_dir / "state.index.json").read_text())
+    index["arrays"][0]["device"] = "cuda:0"
+    index_bytes = _canonical(index)
+    (step_dir / "state.index.json").write_bytes(index_bytes)
+    manifest = json.loads((step_dir / "manifest.json").read_text())
+    manifest.pop("checksum")
+    manifest["files"]["state.index.json"] = {
+        "size": len(index_bytes),
+        "xxh3_64": xxhash.xxh3_64_hexdigest(index_bytes),
+    }
+    (step_dir / "manifest.json").write_bytes(_seal(_canonical(manifest)))
+    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(read_only=True)) as reader:
+        with pytest.raises(CheckpointError, match="map_location='cpu'") as info:
+            reader.restore()
+        assert info.value.step == 0
+        assert torch.equal(reader.restore(map_location="cpu")["w"], torch.arange(4.0))
