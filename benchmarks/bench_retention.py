@@ -77,7 +77,7 @@ def main() -> None:
     manager = CheckpointManager(directory, options)
     open_s = time.perf_counter() - began
     began = time.perf_counter()
-    infos, unreadable = manager._step_infos(manager.all_steps())
+    infos, unreadable = manager._step_infos(manager.all_steps(), metadata=True)
     keep = POLICY.keep(infos, now=time.time())
     decide_s = time.perf_counter() - began
     manager.close()

@@ -232,17 +232,18 @@ class CheckpointManager:
             protected = set(self._in_flight)
         if len(steps) <= 1:
             return
-        infos, unreadable = self._step_infos(steps)
+        infos, unreadable = self._step_infos(steps, metadata=self.options.retention.uses_metadata())
         keep = self.options.retention.keep(infos, self._clock())
         keep |= protected | unreadable | {steps[-1]}
         for step in steps:
             if step not in keep:
                 self._delete_step(step)
 
-    def _step_infos(self, steps: list[int]) -> tuple[list[StepInfo], set[int]]:
-        """StepInfo of each step (manifests read only when the policy needs them, once per
-        step); steps whose manifest cannot be read are returned apart, never deleted."""
-        if not self.options.retention.uses_metadata() and self.options.best_ranking() is None:
+    def _step_infos(self, steps: list[int], *, metadata: bool) -> tuple[list[StepInfo], set[int]]:
+        """StepInfo of each step, with wall times and metrics when ``metadata`` (manifests are
+        read once per step, then cached); steps whose manifest cannot be read are returned
+        apart, and retention never deletes them."""
+        if not metadata:
             return [StepInfo(s, float("nan")) for s in steps], set()
         infos, unreadable = [], set()
         for step in steps:
@@ -285,7 +286,7 @@ class CheckpointManager:
                 "best_step needs a ranking: set best_metric in the options, "
                 "or use a KeepBest in retention"
             )
-        infos, _ = self._step_infos(self.all_steps())
+        infos, _ = self._step_infos(self.all_steps(), metadata=True)
         best = best_of(infos, ranking.metric, ranking.mode)
         return best[0] if best else None
 
