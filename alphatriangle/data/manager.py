@@ -292,7 +292,9 @@ class CheckpointManager:
 
     # -- restoring ------------------------------------------------------------------------
 
-    def restore(self, step: int | None = None, *, map_location: Any = None) -> Any:
+    def restore(
+        self, step: int | None = None, *, map_location: Any = None, fallback: bool = False
+    ) -> Any:
         """The state tree saved as ``step`` (the newest committed step when None).
 
         Tensors come back on the device they were saved from, or on ``map_location``.
@@ -300,7 +302,36 @@ class CheckpointManager:
         :class:`CheckpointCorruptError` naming the file when verification fails. A step being
         read is never deleted under the reader; if the newest step is deleted before the read
         begins, the next newest is read instead.
+
+        With ``fallback`` (for auto-resume; only with ``step=None``), a corrupt newest step
+        is skipped for the newest intact one, each skip logged as an error naming the file;
+        if no step is intact, the newest step's :class:`CheckpointCorruptError` is raised.
         """
+        if fallback and step is not None:
+            raise ValueError("fallback restores the newest intact step: pass step=None")
+        if not fallback:
+            return self._restore(step, map_location)
+        first_error: CheckpointCorruptError | None = None
+        for candidate in reversed(self.all_steps()):
+            try:
+                state = self._restore(candidate, map_location)
+            except CheckpointCorruptError as exc:
+                logger.error("skipping corrupt step %d: %s", candidate, exc)
+                first_error = first_error or exc
+                continue
+            except CheckpointNotFoundError:
+                continue  # deleted by retention since the listing: an older one follows
+            if first_error is not None:
+                logger.error(
+                    "restored step %d, the newest intact one: newer steps are corrupt",
+                    candidate,
+                )
+            return state
+        if first_error is not None:
+            raise first_error
+        return self._restore(None, map_location)  # nothing committed: the usual error
+
+    def _restore(self, step: int | None, map_location: Any) -> Any:
         self._check_open()
         for _ in range(_RESTORE_ATTEMPTS):
             candidate = step if step is not None else self.latest_step()

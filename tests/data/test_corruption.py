@@ -111,3 +111,26 @@ def test_retention_never_deletes_a_step_it_cannot_read(ckpt_dir: Path) -> None:
             manager.save(step, {"v": step}, metrics={"loss": 0.5})
         manager.wait_until_finished()
         assert 0 in manager.all_steps()
+
+
+def test_fallback_restores_the_newest_intact_step_and_says_so(
+    ckpt_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(retention=KeepAll())) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, _state(step))
+    _flip_byte(ckpt_dir / "step_000000003" / "state.data")
+    _delete(ckpt_dir / "step_000000002" / "state.index.json")
+    with CheckpointManager(ckpt_dir) as manager:
+        with pytest.raises(CheckpointCorruptError):
+            manager.restore()  # strict by default: never a silent substitute
+        assert_tree_equal(manager.restore(fallback=True), _state(1))
+        with pytest.raises(ValueError, match="step=None"):
+            manager.restore(2, fallback=True)
+    assert "skipping corrupt step 3" in caplog.text
+    assert "skipping corrupt step 2" in caplog.text
+    assert "restored step 1, the newest intact one" in caplog.text
+    _flip_byte(ckpt_dir / "step_000000001" / "state.data")
+    with CheckpointManager(ckpt_dir) as manager, pytest.raises(CheckpointCorruptError) as info:
+        manager.restore(fallback=True)
+    assert info.value.step == 3  # the newest step's error, when none is intact

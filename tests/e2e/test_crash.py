@@ -54,7 +54,7 @@ def test_sigkill_at_random_instants_loses_nothing_committed(tmp_path: Path) -> N
     rng = random.Random(1234)
     seen: set[int] = set()
     leftovers_found = 0
-    for _ in range(10):
+    for _ in range(16):
         proc = _start("save-loop", str(directory), str(MEGABYTES), "0")
         time.sleep(rng.uniform(0.05, 0.8))
         _kill(proc)
