@@ -79,21 +79,24 @@ class BackgroundWriter:
                 self._record(exc)
             try:
                 cleanup()
-            finally:
-                if error is not None:
-                    handle.committed.set_exception(error)
-                else:
-                    assert result is not None
-                    handle.committed.set_result(result)
-                    try:
-                        after()
-                    except BaseException as exc:
-                        self._record(exc)
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
+            except BaseException as exc:
+                self._record(exc)
+            if error is not None:
+                handle.committed.set_exception(error)
+            else:
+                assert result is not None
+                handle.committed.set_result(result)
+                try:
+                    after()
+                except BaseException as exc:
+                    self._record(exc)
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
 
     def _record(self, exc: BaseException) -> None:
+        """Keep the first failure to raise; a further one before it is raised is logged as
+        an error (and its save's handle still carries it)."""
         with self._error_lock:
             if self._error is None:
                 self._error = exc
