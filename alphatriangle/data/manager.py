@@ -202,8 +202,7 @@ class CheckpointManager:
             remove_tree(temporary)
             raise
         with self._state_lock:
-            self._infos[info.step] = info
-            self._in_flight.discard(info.step)
+            self._infos[info.step] = info  # _finish_save then drops it from _in_flight
         return final
 
     def _commit(self, temporary: Path, step: int, replace: bool) -> Path:
