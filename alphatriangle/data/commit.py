@@ -23,6 +23,7 @@ from alphatriangle.data.layout import (
 
 __all__ = [
     "commit_step_dir",
+    "create_directory_durably",
     "create_temporary_step_dir",
     "fsync_dir",
     "remove_tree",
@@ -40,6 +41,28 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def create_directory_durably(path: Path) -> None:
+    """``mkdir -p`` whose result survives a power cut: each directory created, and its entry
+    in its parent, is fsynced (``Path.mkdir(parents=True)`` fsyncs nothing, so the first
+    steps committed into a new directory could vanish with it)."""
+    missing = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # created meanwhile by someone else, who is responsible for its fsync
+        fsync_dir(directory)
+        fsync_dir(directory.parent)
 
 
 def create_temporary_step_dir(directory: Path, step: int) -> Path:

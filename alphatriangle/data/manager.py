@@ -12,6 +12,7 @@ from typing import Any
 
 from alphatriangle.data.commit import (
     commit_step_dir,
+    create_directory_durably,
     create_temporary_step_dir,
     remove_tree,
     sweep_leftovers,
@@ -28,7 +29,7 @@ from alphatriangle.data.layout import scan_steps, step_dir_name
 from alphatriangle.data.locking import StepGoneError, WriterLock, reader_lease, try_take_step
 from alphatriangle.data.options import CheckpointManagerOptions
 from alphatriangle.data.retention import StepInfo, best_of
-from alphatriangle.data.staging import StagedState, StagingPool, stage_state
+from alphatriangle.data.staging import HostBuffer, StagedState, StagingPool, stage_state
 from alphatriangle.data.writer import BackgroundWriter, SaveHandle
 
 __all__ = ["CheckpointManager"]
@@ -75,11 +76,12 @@ class CheckpointManager:
         self._infos: dict[int, StepInfo | None] = {}  # committed steps; info once read
         self._in_flight: set[int] = set()
         self._closed = False
+        self._close_lock = threading.Lock()
         self._lock: WriterLock | None = None
         self._writer: BackgroundWriter | None = None
         self._pool: StagingPool | None = None
         if not self.options.read_only:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            create_directory_durably(self.directory)
             self._lock = WriterLock(self.directory, self.options.lock_timeout_s)
             self._lock.acquire()
             try:
@@ -134,13 +136,16 @@ class CheckpointManager:
         first pending background failure, or whatever pickling a leaf raises.
         """
         writer, pool = self._writable()
-        writer.raise_error()
+        writer.raise_error(clear=True)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
         if not force and not self.should_save(step):
             return None
         checked_metrics = _check_metrics(metrics)
         with self._save_lock:
+            # close() sets _closed, then takes this lock to stop the writer: a save that got
+            # here after it must not queue a job that nothing would run.
+            self._check_open()
             with self._state_lock:
                 if not force and (step in self._infos or step in self._in_flight):
                     raise StepExistsError(
@@ -150,10 +155,6 @@ class CheckpointManager:
                         step=step,
                     )
             buffer = pool.acquire(block=self.options.on_full == "wait")
-            if buffer is not None and writer.has_error():
-                # The save this one waited for failed: report it now, not one save later.
-                pool.release(buffer)
-                writer.raise_error()
             if buffer is None:
                 self.skipped_steps.append(step)
                 logger.warning(
@@ -162,26 +163,31 @@ class CheckpointManager:
                     self.options.max_pending,
                 )
                 return None
-            try:
+            queued = False
+            try:  # until the job is queued, any exception (Ctrl-C too) gives everything back
+                if writer.has_error():
+                    # The save this one waited for failed: report it now, not one save later.
+                    writer.raise_error(clear=True)
                 staged = stage_state(state, buffer)
-            except BaseException:
-                pool.release(buffer)
-                raise
-            handle = SaveHandle(step)
-            handle.staged.set_result(None)
-            with self._state_lock:
-                self._in_flight.add(step)
-            info = StepInfo(step, self._clock(), checked_metrics)
-            writer.submit(
-                lambda: self._write_step(info, staged, force),
-                handle,
-                lambda: self._finish_save(info.step, staged, pool),
-                self._apply_retention,
-            )
+                handle = SaveHandle(step)
+                handle.staged.set_result(None)
+                with self._state_lock:
+                    self._in_flight.add(step)
+                info = StepInfo(step, self._clock(), checked_metrics)
+                writer.submit(
+                    lambda: self._write_step(info, staged, force),
+                    handle,
+                    lambda: self._finish_save(info.step, staged.buffer, pool),
+                    self._apply_retention,
+                )
+                queued = True
+            finally:
+                if not queued:
+                    self._finish_save(step, buffer, pool)
             return handle
 
-    def _finish_save(self, step: int, staged: StagedState, pool: StagingPool) -> None:
-        pool.release(staged.buffer)
+    def _finish_save(self, step: int, buffer: HostBuffer, pool: StagingPool) -> None:
+        pool.release(buffer)
         with self._state_lock:
             self._in_flight.discard(step)
 
@@ -397,28 +403,30 @@ class CheckpointManager:
     # -- finishing ------------------------------------------------------------------------
 
     def wait_until_finished(self) -> None:
-        """Block until every save in flight is committed (or failed); raise the first
-        background failure."""
+        """Block until every save in flight is committed (or failed) and retention has run;
+        raise a pending background failure. Every thread that waits sees the failure, and
+        so does the next ``save`` (unless its thread already saw it here)."""
         self._check_open()
         if self._writer is not None:
             self._writer.wait_idle()
-            self._writer.raise_error()
+            self._writer.raise_error(clear=False)
 
     def close(self) -> None:
-        """Finish in-flight saves, stop the writer, release the lock; raise the first
-        background failure. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if self._writer is not None:
-                with self._save_lock:  # a save already past its checks submits first
-                    self._writer.stop()
-        finally:
-            if self._lock is not None:
-                self._lock.release()
+        """Finish in-flight saves, stop the writer, release the lock; raise a pending
+        background failure. Idempotent; a concurrent ``close`` returns only once the writer
+        is done too, and is raised the failure as well."""
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                try:
+                    if self._writer is not None:
+                        with self._save_lock:  # a save already past its checks submits first
+                            self._writer.stop()
+                finally:
+                    if self._lock is not None:
+                        self._lock.release()
         if self._writer is not None:
-            self._writer.raise_error()
+            self._writer.raise_error(clear=True)
 
     def _check_open(self) -> None:
         if self._closed:

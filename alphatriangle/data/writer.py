@@ -1,19 +1,28 @@
 """The background writer thread, and the handle a save returns.
 
 Jobs run one at a time, in submission order, on one daemon thread. A job's failure completes
-its handle with the exception and is kept to be raised, with its original type, at the
-caller's next ``save``, ``wait_until_finished`` or ``close``: no background error is lost.
+its handle with the exception and is kept to be raised, with its original type: to every
+thread that waits (``wait_until_finished``, ``close``) while it is pending, and to the next
+``save``, so that no waiting thread can hide it from the training loop.
+
+At interpreter exit, the jobs still queued are finished before the process ends (a script
+that forgets ``close()`` loses no save); a save that fails then is logged as an error naming
+its step.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from alphatriangle.data.errors import CheckpointError
 
 __all__ = ["BackgroundWriter", "SaveHandle"]
 
@@ -26,7 +35,7 @@ class SaveHandle:
 
     ``staged`` is done when the state has been captured (always, by the time ``save``
     returns); ``committed`` when the step is durable and visible, its result the step's
-    directory, or the exception that stopped it.
+    directory, or the exception that stopped it. A handle always completes.
     """
 
     step: int
@@ -38,19 +47,24 @@ class SaveHandle:
         return self.committed.result(timeout)
 
 
+_Job = tuple[Callable[[], Path], SaveHandle, Callable[[], None], Callable[[], None]]
+
+
 class BackgroundWriter:
     """One thread that runs submitted jobs in order and keeps their first failure."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.Queue[
-            tuple[Callable[[], Path], SaveHandle, Callable[[], None], Callable[[], None]] | None
-        ] = queue.Queue()
+        self.name = name
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._error: BaseException | None = None
+        self._error_seen_by: set[int] = set()  # threads that were already raised the error
         self._error_lock = threading.Lock()
         self._idle = threading.Condition()
-        self._pending = 0
+        self._pending: list[SaveHandle] = []
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        _live_writers.add(self)
 
     def submit(
         self,
@@ -62,10 +76,15 @@ class BackgroundWriter:
         """Run ``job`` in turn. Its failure is recorded first, then ``cleanup`` runs, then
         ``handle`` completes (whoever sees the save's resources free also sees its error),
         then, if the job succeeded, ``after`` runs (post-commit work such as retention, which
-        the commit does not wait for; its failure is recorded like a job's)."""
+        the commit does not wait for; its failure is recorded like a job's).
+
+        Raises :class:`CheckpointError` once the writer is stopped: a job is never queued
+        where nothing will run it."""
         with self._idle:
-            self._pending += 1
-        self._jobs.put((job, handle, cleanup, after))
+            if self._stopped:
+                raise CheckpointError(f"the writer {self.name} is stopped; nothing is saved")
+            self._pending.append(handle)
+            self._jobs.put((job, handle, cleanup, after))
 
     def _run(self) -> None:
         while (entry := self._jobs.get()) is not None:
@@ -91,7 +110,7 @@ class BackgroundWriter:
                 except BaseException as exc:
                     self._record(exc)
             with self._idle:
-                self._pending -= 1
+                self._pending.remove(handle)
                 self._idle.notify_all()
 
     def _record(self, exc: BaseException) -> None:
@@ -100,6 +119,7 @@ class BackgroundWriter:
         with self._error_lock:
             if self._error is None:
                 self._error = exc
+                self._error_seen_by = set()
             else:
                 logger.error("a later background failure too: %r", exc)
 
@@ -107,18 +127,66 @@ class BackgroundWriter:
         with self._error_lock:
             return self._error is not None
 
-    def raise_error(self) -> None:
-        """Raise the first background failure not yet raised, with its original type."""
+    def raise_error(self, *, clear: bool) -> None:
+        """Raise the pending background failure, with its original type, unless this thread
+        was raised it already.
+
+        Waiters (``clear=False``) leave it pending: every waiting thread sees it, and so does
+        the next ``clear=True`` caller (``save``, ``close``), which then forgets it; that
+        caller is not raised it twice when its own thread already saw it while waiting."""
+        me = threading.get_ident()
         with self._error_lock:
-            error, self._error = self._error, None
-        if error is not None:
+            error = self._error
+            if error is None:
+                return
+            seen = me in self._error_seen_by
+            if clear:
+                self._error, self._error_seen_by = None, set()
+            else:
+                self._error_seen_by.add(me)
+        if not seen:
             raise error
+
+    def pending_steps(self) -> list[int]:
+        with self._idle:
+            return [handle.step for handle in self._pending]
 
     def wait_idle(self) -> None:
         with self._idle:
-            self._idle.wait_for(lambda: self._pending == 0)
+            self._idle.wait_for(lambda: not self._pending)
 
     def stop(self) -> None:
-        """Finish the queued jobs, then end the thread."""
-        self._jobs.put(None)
+        """Finish the queued jobs, then end the thread. Every caller returns only once the
+        thread has ended; later submissions are refused."""
+        with self._idle:
+            if not self._stopped:
+                self._stopped = True
+                self._jobs.put(None)
         self._thread.join()
+        _live_writers.discard(self)
+
+
+_live_writers: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
+
+
+def _finish_at_exit() -> None:
+    """At interpreter exit, finish what writers still have queued (their threads are
+    daemons, which the interpreter would otherwise kill mid-write)."""
+    for writer in list(_live_writers):
+        with writer._idle:
+            handles = list(writer._pending)
+        if handles:
+            logger.warning(
+                "interpreter exiting: finishing %d checkpoint save(s) in flight (steps %s); "
+                "call close() to do this yourself",
+                len(handles),
+                [h.step for h in handles],
+            )
+        writer.stop()
+        for handle in handles:
+            error = handle.committed.exception()
+            if error is not None:
+                logger.error("step %d was not saved before exit: %r", handle.step, error)
+
+
+atexit.register(_finish_at_exit)
