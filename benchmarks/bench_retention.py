@@ -32,7 +32,7 @@ from alphatriangle.data import (
     KeepLatest,
     StepInfo,
 )
-from alphatriangle.data.format import _canonical, _seal
+from alphatriangle.data.format import canonical, seal
 from alphatriangle.data.layout import MANIFEST_NAME, step_dir_name
 
 OPTIONS = {"steps": 10_000}
@@ -53,7 +53,7 @@ def _populate(directory: Path, steps: int) -> None:
             if item.name != MANIFEST_NAME:
                 os.link(item, target / item.name)
         manifest.update(step=step, wall_time=float(step), metrics={"loss": rng.random()})
-        (target / MANIFEST_NAME).write_bytes(_seal(_canonical(manifest)))
+        (target / MANIFEST_NAME).write_bytes(seal(canonical(manifest)))
 
 
 def main() -> None:

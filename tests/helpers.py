@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,36 @@ def state_for_step(step: int, megabytes: float = 1.0) -> dict[str, Any]:
 
 def python() -> list[str]:
     return [sys.executable, str(WORKER)]
+
+
+def forge_step(
+    step_dir: Path,
+    *,
+    files: dict[str, bytes] | None = None,
+    index: Callable[[dict[str, Any]], None] | None = None,
+    manifest: Callable[[dict[str, Any]], None] | None = None,
+    item: str = "state",
+) -> None:
+    """Edit a committed step as an adversary would: replace files, edit the index or the
+    manifest, and recompute every xxh3 checksum and the manifest's own, so that only
+    checks beyond checksums (strict reading, signatures) can tell."""
+    import json
+
+    import xxhash
+
+    from alphatriangle.data.format import canonical, seal
+
+    files = dict(files or {})
+    if index is not None:
+        parsed = json.loads((step_dir / f"{item}.index.json").read_bytes())
+        index(parsed)
+        files[f"{item}.index.json"] = canonical(parsed)
+    raw = json.loads((step_dir / "manifest.json").read_bytes())
+    raw.pop("checksum")
+    for name, data in files.items():
+        (step_dir / name).write_bytes(data)
+        entry = raw["files"].setdefault(name, {})
+        entry.update(size=len(data), xxh3_64=xxhash.xxh3_64_hexdigest(data))
+    if manifest is not None:
+        manifest(raw)
+    (step_dir / "manifest.json").write_bytes(seal(canonical(raw)))

@@ -8,8 +8,10 @@ from alphatriangle.data.errors import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointNotFoundError,
+    CheckpointSignatureError,
     LockTimeoutError,
     StepExistsError,
+    WeightsOnlyError,
 )
 from alphatriangle.data.manager import CheckpointManager
 from alphatriangle.data.options import CheckpointManagerOptions
@@ -35,6 +37,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointManagerOptions",
     "CheckpointNotFoundError",
+    "CheckpointSignatureError",
     "KeepAll",
     "KeepBest",
     "KeepEvery",
@@ -46,4 +49,5 @@ __all__ = [
     "SaveHandle",
     "StepExistsError",
     "StepInfo",
+    "WeightsOnlyError",
 ]

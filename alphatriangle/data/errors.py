@@ -15,8 +15,10 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "CheckpointSignatureError",
     "LockTimeoutError",
     "StepExistsError",
+    "WeightsOnlyError",
 ]
 
 
@@ -52,6 +54,16 @@ def _rebuild_error(
 class CheckpointCorruptError(CheckpointError, ValueError):
     """A committed step failed verification: a checksum mismatch, a truncated or missing file,
     or a manifest that does not parse. ``path`` names the offending file."""
+
+
+class CheckpointSignatureError(CheckpointCorruptError):
+    """A signing key is set and the step is unsigned, signed with another key, or was changed
+    after it was signed. ``path`` names the manifest."""
+
+
+class WeightsOnlyError(CheckpointError, ValueError):
+    """``weights_only=True`` met a step whose item holds pickled objects; nothing was
+    unpickled. ``path`` names the objects file; the message says where they sit in the tree."""
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):

@@ -12,7 +12,9 @@ step_000002500/
                              scalars: those, cloudpickled together
 ```
 Reading weights and arrays needs ``manifest.json``, ``<item>.index.json`` and
-``<item>.data`` alone: nothing is unpickled unless the item has pickled objects.
+``<item>.data`` alone: nothing is unpickled unless the item has pickled objects. This module
+writes a step; ``reading.py`` reads and verifies one. With a signing key, every file entry
+also carries a SHA-256 digest and the manifest a ``signature`` (see ``signing.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import json
 import math
 import os
 import platform
-import queue
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,28 +34,24 @@ import numpy as np
 import torch
 import xxhash
 
-from alphatriangle.data.errors import CheckpointCorruptError, CheckpointError
 from alphatriangle.data.layout import MANIFEST_NAME
-from alphatriangle.data.staging import (
-    ArraySpec,
-    StagedState,
-    decode_tree,
-    unpickle_objects,
-)
+from alphatriangle.data.signing import FILE_DIGEST, manifest_signature, new_file_digest
+from alphatriangle.data.staging import StagedState
 
 __all__ = [
+    "CHECKSUM",
+    "FORMAT_NAME",
     "FORMAT_VERSION",
     "Manifest",
-    "read_item",
-    "read_manifest",
+    "canonical",
+    "seal",
+    "unseal",
     "write_step_files",
 ]
 
 FORMAT_NAME = "alphatriangle-checkpoint"
 FORMAT_VERSION = 1
-_CHECKSUM = "xxh3_64"
-_READ_CHUNK = 64 << 20
-_HASH_CHUNK = 16 << 20  # restore hashes chunk k while it reads chunk k + 1
+CHECKSUM = "xxh3_64"
 _WRITE_CHUNK = 64 << 20  # a multiple of the page: O_DIRECT writes stay aligned
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
@@ -87,7 +84,8 @@ def _encode_metric(value: float) -> float | str:
     return value if math.isfinite(value) else repr(value)  # "nan", "inf", "-inf"
 
 
-def _canonical(data: Mapping[str, Any]) -> bytes:
+def canonical(data: Mapping[str, Any]) -> bytes:
+    """The canonical JSON bytes of ``data``: sorted keys, no spaces, no NaN."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -120,20 +118,21 @@ def _write_direct(path: Path, padded: memoryview, size: int) -> bool:
 
 
 def _write_file(
-    path: Path, data: memoryview | bytes, padded: memoryview | None = None
+    path: Path, data: memoryview | bytes, padded: memoryview | None = None, *, signed: bool
 ) -> dict[str, Any]:
-    """Write, fsync and checksum one new file. Large files are hashed on a second thread
-    while they are written (both release the GIL); given ``padded`` (the same bytes, page
-    aligned and padded to whole pages), the write goes straight to the device with O_DIRECT,
-    sparing the CPU a copy into the page cache."""
+    """Write, fsync and checksum one new file. Large files are hashed on other threads while
+    they are written (all release the GIL); given ``padded`` (the same bytes, page aligned and
+    padded to whole pages), the write goes straight to the device with O_DIRECT, sparing the
+    CPU a copy into the page cache. ``signed`` adds a SHA-256 digest to the entry."""
     view = memoryview(data).cast("B")
-    hasher = xxhash.xxh3_64()
-    hashing = None
-    if view.nbytes >= (1 << 20):
-        hashing = threading.Thread(target=hasher.update, args=(view,), name="checksum")
-        hashing.start()
-    else:
-        hasher.update(view)
+    hashers = [xxhash.xxh3_64()] + ([new_file_digest()] if signed else [])
+    threads = []
+    for hasher in hashers:
+        if view.nbytes >= (1 << 20):
+            threads.append(threading.Thread(target=hasher.update, args=(view,), name="checksum"))
+            threads[-1].start()
+        else:
+            hasher.update(view)
     try:
         if padded is None or not _O_DIRECT or not _write_direct(path, padded, view.nbytes):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -143,9 +142,12 @@ def _write_file(
             finally:
                 os.close(fd)
     finally:
-        if hashing is not None:
-            hashing.join()
-    return {"size": view.nbytes, _CHECKSUM: hasher.hexdigest()}
+        for thread in threads:
+            thread.join()
+    entry = {"size": view.nbytes, CHECKSUM: hashers[0].hexdigest()}
+    if signed:
+        entry[FILE_DIGEST] = hashers[1].hexdigest()
+    return entry
 
 
 def write_step_files(
@@ -155,22 +157,25 @@ def write_step_files(
     *,
     metrics: Mapping[str, float],
     wall_time: float,
+    signing_key: bytes | None = None,
 ) -> dict[str, Any]:
     """Write every file of a step into ``directory`` (a temporary directory), manifest last.
     Every file is fsynced before this returns; the directory itself is not (commit does it).
-    Returns the manifest written."""
+    With ``signing_key``, files get SHA-256 digests and the manifest a signature. Returns the
+    manifest written."""
+    signed = signing_key is not None
     files: dict[str, Any] = {}
     for name, staged in items.items():
         files[f"{name}.data"] = _write_file(
-            directory / f"{name}.data", staged.data(), staged.page_padded_data()
+            directory / f"{name}.data", staged.data(), staged.page_padded_data(), signed=signed
         )
         index = {"tree": staged.tree, "arrays": [a.to_json() for a in staged.arrays]}
         files[f"{name}.index.json"] = _write_file(
-            directory / f"{name}.index.json", _canonical(index)
+            directory / f"{name}.index.json", canonical(index), signed=signed
         )
         if staged.objects is not None:
             files[f"{name}.objects.pkl"] = _write_file(
-                directory / f"{name}.objects.pkl", staged.objects
+                directory / f"{name}.objects.pkl", staged.objects, signed=signed
             )
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
@@ -182,252 +187,27 @@ def write_step_files(
         "files": files,
         "versions": _versions(),
     }
-    body = _canonical(manifest)
+    if signing_key is not None:
+        manifest["signature"] = manifest_signature(manifest, signing_key, canonical(manifest))
+    body = canonical(manifest)
+    _write_file(directory / MANIFEST_NAME, seal(body), signed=False)
     manifest["checksum"] = xxhash.xxh3_64_hexdigest(body)
-    _write_file(directory / MANIFEST_NAME, _seal(body))
     return manifest
 
 
 _SEAL = b',"checksum":"'
 
 
-def _seal(body: bytes) -> bytes:
+def seal(body: bytes) -> bytes:
     """The manifest's bytes: its canonical JSON with the checksum of exactly those bytes
     appended as a last key, so verifying needs no re-serialisation."""
     return body[:-1] + _SEAL + xxhash.xxh3_64_hexdigest(body).encode() + b'"}'
 
 
-def _unseal(data: bytes) -> bool:
-    """Whether ``data`` ends with the checksum of the bytes before it (see :func:`_seal`)."""
+def unseal(data: bytes) -> bool:
+    """Whether ``data`` ends with the checksum of the bytes before it (see :func:`seal`)."""
     cut = data.rfind(_SEAL)
     if cut < 0 or not data.endswith(b'"}'):
         return False
     claimed = data[cut + len(_SEAL) : -2]
     return xxhash.xxh3_64_hexdigest(data[:cut] + b"}").encode() == claimed
-
-
-def _corrupt(path: str | Path, step: int | None, why: str) -> CheckpointCorruptError:
-    return CheckpointCorruptError(f"corrupt checkpoint file {path}: {why}", path=path, step=step)
-
-
-def read_manifest(step_dir: Path, step: int | None = None) -> Manifest:
-    """Parse and verify ``manifest.json``; raises :class:`CheckpointCorruptError` naming it
-    when it is missing, does not parse, or fails its own checksum."""
-    # A str path: this runs for every step when retention reads 10,000 manifests.
-    path = os.path.join(step_dir, MANIFEST_NAME)  # noqa: PTH118
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-        raw = json.loads(data)
-    except FileNotFoundError:
-        raise _corrupt(path, step, "missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _corrupt(path, step, f"not valid JSON ({exc})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-        raise _corrupt(path, step, "not a checkpoint manifest")
-    if raw.get("format_version", 0) > FORMAT_VERSION:
-        raise _corrupt(
-            path,
-            step,
-            f"format version {raw.get('format_version')} is newer than this library "
-            f"reads ({FORMAT_VERSION}); upgrade alphatriangle",
-        )
-    if not _unseal(data):
-        raise _corrupt(path, step, "manifest checksum mismatch (edited or damaged)")
-    try:
-        return Manifest(
-            step=int(raw["step"]),
-            wall_time=float(raw["wall_time"]),
-            metrics={k: float(v) for k, v in raw["metrics"].items()},
-            items=tuple(raw["items"]),
-            files=raw["files"],
-            raw=raw,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _corrupt(path, step, f"missing or malformed field ({exc!r})") from None
-
-
-class _PipelinedHash:
-    """xxh3 of a sequence of buffers, computed on a second thread as they arrive, so that
-    hashing overlaps with reading (both release the GIL). The buffers must stay unchanged
-    until :meth:`hexdigest` returns."""
-
-    def __init__(self) -> None:
-        self._hasher = xxhash.xxh3_64()
-        self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="checksum", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (view := self._queue.get()) is not None:
-            self._hasher.update(view)
-
-    def update(self, view: memoryview) -> None:
-        self._queue.put(view)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def hexdigest(self) -> str:
-        self.stop()
-        return str(self._hasher.hexdigest())
-
-
-class _VerifiedReader:
-    """Reads one listed file sequentially, checking its size and (optionally) checksum.
-    Always :meth:`close` it; :meth:`finish` verifies the checksum."""
-
-    def __init__(self, path: Path, entry: Mapping[str, Any], step: int, verify: bool) -> None:
-        self.path = path
-        self.step = step
-        self.expected_size = int(entry["size"])
-        self.expected_sum = entry.get(_CHECKSUM)
-        try:
-            self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-        except FileNotFoundError:
-            raise _corrupt(path, step, "missing") from None
-        actual = os.fstat(self.file.fileno()).st_size
-        if actual != self.expected_size:
-            self.file.close()
-            raise _corrupt(path, step, f"size {actual} bytes, manifest says {self.expected_size}")
-        self.hasher = _PipelinedHash() if verify else None
-        self.position = 0
-
-    def read_into(self, view: memoryview) -> None:
-        """Fill ``view`` (which must not change until :meth:`finish`) with the next bytes."""
-        view = view.cast("B")
-        filled = 0
-        while filled < view.nbytes:
-            got = self.file.readinto(view[filled : filled + _READ_CHUNK])
-            if not got:
-                raise _corrupt(self.path, self.step, "truncated while reading")
-            filled += got
-        if self.hasher is not None:
-            self.hasher.update(view)
-        self.position += filled
-
-    def read_rest(self) -> bytes:
-        data = bytearray(self.expected_size - self.position)
-        self.read_into(memoryview(data))
-        return bytes(data)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.hasher is not None:
-            self.hasher.stop()
-
-    def finish(self) -> None:
-        self.close()
-        if self.hasher is not None and self.hasher.hexdigest() != self.expected_sum:
-            raise _corrupt(self.path, self.step, "checksum mismatch")
-
-
-def _read_small(step_dir: Path, manifest: Manifest, name: str, verify: bool) -> bytes:
-    entry = manifest.files.get(name)
-    if entry is None:
-        raise _corrupt(step_dir / MANIFEST_NAME, manifest.step, f"does not list {name}")
-    reader = _VerifiedReader(step_dir / name, entry, manifest.step, verify)
-    try:
-        data = reader.read_rest()
-    finally:
-        reader.close()
-    reader.finish()
-    return data
-
-
-def _array_in(arena: np.ndarray[Any, np.dtype[np.uint8]], spec: ArraySpec) -> Any:
-    """The array ``spec`` describes, as a view of ``arena`` (the data file's bytes).
-
-    A torch tensor gets a storage of its own covering just its bytes (saving it writes only
-    those); the memory is shared and returned when the last array of the item is freed.
-    """
-    if spec.framework == "torch":
-        dtype = getattr(torch, spec.dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"unknown torch dtype {spec.dtype!r}")
-        if spec.nbytes == 0:
-            return torch.empty(spec.shape, dtype=dtype)
-        raw = torch.frombuffer(arena, dtype=torch.uint8, count=spec.nbytes, offset=spec.offset)
-        return raw.view(dtype).view(spec.shape)
-    region = arena[spec.offset : spec.offset + spec.nbytes]
-    return region.view(np.dtype(spec.dtype)).reshape(spec.shape)
-
-
-def _finish_tensor(
-    tensor: torch.Tensor, spec: ArraySpec, map_location: Any, step_dir: Path, step: int
-) -> torch.Tensor:
-    device = torch.device(map_location) if map_location is not None else torch.device(spec.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(
-            f"step {step} holds tensors saved on {spec.device}, and this process has no CUDA "
-            "device; pass map_location='cpu' to restore them on the CPU",
-            path=step_dir,
-            step=step,
-        )
-    if device.type != "cpu":
-        tensor = tensor.to(device)
-    if spec.parameter:
-        return torch.nn.Parameter(tensor, requires_grad=spec.requires_grad)
-    if spec.requires_grad:
-        tensor.requires_grad_(True)
-    return tensor
-
-
-def read_item(
-    step_dir: Path,
-    manifest: Manifest,
-    item: str,
-    *,
-    verify: bool = True,
-    map_location: Any = None,
-) -> Any:
-    """Rebuild one item's state tree. Raises :class:`CheckpointCorruptError` naming the file
-    on any missing file, size or checksum mismatch, or unreadable index."""
-    if item not in manifest.items:
-        raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
-    index_name = f"{item}.index.json"
-    index_bytes = _read_small(step_dir, manifest, index_name, verify)
-    try:
-        index = json.loads(index_bytes)
-        specs = [ArraySpec.from_json(a) for a in index["arrays"]]
-        tree = index["tree"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise _corrupt(step_dir / index_name, manifest.step, f"unreadable index ({exc})") from None
-
-    data_name = f"{item}.data"
-    entry = manifest.files.get(data_name)
-    if entry is None:
-        raise _corrupt(step_dir / MANIFEST_NAME, manifest.step, f"does not list {data_name}")
-    reader = _VerifiedReader(step_dir / data_name, entry, manifest.step, verify)
-    try:
-        # One allocation for the whole file (numpy asks for huge pages: cheap first touch),
-        # read in chunks so that hashing one overlaps reading the next.
-        arena = np.empty(reader.expected_size, dtype=np.uint8)
-        for start in range(0, reader.expected_size, _HASH_CHUNK):
-            reader.read_into(arena.data[start : start + _HASH_CHUNK])
-    finally:
-        reader.close()
-    reader.finish()
-    arrays = []
-    for spec in specs:
-        if spec.offset < 0 or spec.nbytes < 0 or spec.offset + spec.nbytes > arena.nbytes:
-            raise _corrupt(step_dir / index_name, manifest.step, "array outside data file")
-        try:
-            array = _array_in(arena, spec)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise _corrupt(
-                step_dir / index_name, manifest.step, f"bad array entry ({exc})"
-            ) from None
-        if spec.framework == "torch":
-            array = _finish_tensor(array, spec, map_location, step_dir, manifest.step)
-        arrays.append(array)
-    objects = None
-    objects_name = f"{item}.objects.pkl"
-    if objects_name in manifest.files:
-        objects = unpickle_objects(_read_small(step_dir, manifest, objects_name, verify), arrays)
-    try:
-        return decode_tree(tree, arrays, objects)
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise _corrupt(step_dir / index_name, manifest.step, f"unreadable tree ({exc})") from None

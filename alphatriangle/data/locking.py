@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -94,9 +95,14 @@ def reader_lease(step_dir: Path) -> Iterator[None]:
     """Hold a shared lease on ``step_dir`` while reading it; retention will not delete it
     meanwhile. Raises :class:`StepGoneError` if the step went away before the lease held."""
     try:
-        fd = os.open(step_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        # Never through a symbolic link: a step is a directory of its own.
+        fd = os.open(step_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         raise StepGoneError(str(step_dir)) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StepGoneError(str(step_dir)) from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         # The deleter renames a step while holding it exclusively; having waited for it, make

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import numpy as np
+import torch
 
 from alphatriangle.data.commit import (
     commit_step_dir,
@@ -24,10 +28,11 @@ from alphatriangle.data.errors import (
     CheckpointNotFoundError,
     StepExistsError,
 )
-from alphatriangle.data.format import read_item, read_manifest, write_step_files
+from alphatriangle.data.format import write_step_files
 from alphatriangle.data.layout import scan_steps, step_dir_name
 from alphatriangle.data.locking import StepGoneError, WriterLock, reader_lease, try_take_step
 from alphatriangle.data.options import CheckpointManagerOptions
+from alphatriangle.data.reading import read_item, read_manifest, verify_step
 from alphatriangle.data.retention import StepInfo, best_of
 from alphatriangle.data.staging import HostBuffer, StagedState, StagingPool, stage_state
 from alphatriangle.data.writer import BackgroundWriter, SaveHandle
@@ -202,6 +207,7 @@ class CheckpointManager:
                 {DEFAULT_ITEM: staged},
                 metrics=info.metrics,
                 wall_time=info.wall_time,
+                signing_key=self.options.signing_key,
             )
             final = self._commit(temporary, info.step, replace)
         except BaseException:
@@ -298,7 +304,12 @@ class CheckpointManager:
     # -- restoring ------------------------------------------------------------------------
 
     def restore(
-        self, step: int | None = None, *, map_location: Any = None, fallback: bool = False
+        self,
+        step: int | None = None,
+        *,
+        map_location: Any = None,
+        fallback: bool = False,
+        weights_only: bool | None = None,
     ) -> Any:
         """The state tree saved as ``step`` (the newest committed step when None).
 
@@ -311,15 +322,22 @@ class CheckpointManager:
         With ``fallback`` (for auto-resume; only with ``step=None``), a corrupt newest step
         is skipped for the newest intact one, each skip logged as an error naming the file;
         if no step is intact, the newest step's :class:`CheckpointCorruptError` is raised.
+
+        With ``weights_only`` (default: the option of that name) nothing is unpickled: a step
+        holding pickled objects raises :class:`WeightsOnlyError` naming them. With a
+        ``signing_key`` in the options, an unsigned or tampered step raises
+        :class:`CheckpointSignatureError` (a corrupt step, for ``fallback``).
         """
         if fallback and step is not None:
             raise ValueError("fallback restores the newest intact step: pass step=None")
+        if weights_only is None:
+            weights_only = self.options.weights_only
         if not fallback:
-            return self._restore(step, map_location)
+            return self._restore(step, map_location, weights_only)
         first_error: CheckpointCorruptError | None = None
         for candidate in reversed(self.all_steps()):
             try:
-                state = self._restore(candidate, map_location)
+                state = self._restore(candidate, map_location, weights_only)
             except CheckpointCorruptError as exc:
                 logger.error("skipping corrupt step %d: %s", candidate, exc)
                 first_error = first_error or exc
@@ -334,9 +352,9 @@ class CheckpointManager:
             return state
         if first_error is not None:
             raise first_error
-        return self._restore(None, map_location)  # nothing committed: the usual error
+        return self._restore(None, map_location, weights_only)  # nothing committed: the error
 
-    def _restore(self, step: int | None, map_location: Any) -> Any:
+    def _restore(self, step: int | None, map_location: Any, weights_only: bool) -> Any:
         self._check_open()
         for _ in range(_RESTORE_ATTEMPTS):
             candidate = step if step is not None else self.latest_step()
@@ -347,13 +365,16 @@ class CheckpointManager:
             step_dir = self.directory / step_dir_name(candidate)
             try:
                 with reader_lease(step_dir):
-                    manifest = read_manifest(step_dir, candidate)
+                    key = self.options.signing_key
+                    manifest = read_manifest(step_dir, candidate, signing_key=key)
                     return read_item(
                         step_dir,
                         manifest,
                         DEFAULT_ITEM,
                         verify=self.options.verify_on_restore,
                         map_location=map_location,
+                        weights_only=weights_only,
+                        signing_key=key,
                     )
             except StepGoneError:
                 if step is not None:
@@ -366,6 +387,23 @@ class CheckpointManager:
             "before it could be read",
             path=self.directory,
         )
+
+    def verify(self, step: int) -> None:
+        """Check every file of ``step`` (sizes, checksums, signature when a key is set) and
+        every item's index and tree, without unpickling anything or building a tensor.
+        Raises :class:`CheckpointCorruptError` naming the file, or
+        :class:`CheckpointNotFoundError`."""
+        self._check_open()
+        step_dir = self.directory / step_dir_name(step)
+        key = self.options.signing_key
+        try:
+            with reader_lease(step_dir):
+                manifest = read_manifest(step_dir, step, signing_key=key)
+                verify_step(step_dir, manifest, signing_key=key)
+        except StepGoneError:
+            raise CheckpointNotFoundError(
+                f"step {step} not found in {self.directory}", path=step_dir, step=step
+            ) from None
 
     def metadata(self, step: int) -> dict[str, Any]:
         """The manifest of ``step``: step, wall time, metrics, items, files with sizes and
@@ -442,14 +480,24 @@ class CheckpointManager:
 
 
 def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    """Metric values as floats: real numbers only (a bool, a string such as ``"1.5"`` or a
+    complex number is refused with TypeError; an int too large for a float with ValueError).
+    A one-element tensor or array counts as its number."""
     if metrics is None:
         return {}
-    checked = {}
-    for name, value in metrics.items():
+    checked: dict[str, float] = {}
+    for name, given in metrics.items():
         if not isinstance(name, str):
             raise TypeError(f"metric names must be str, got {name!r}")
+        value: object = given
+        if (isinstance(given, torch.Tensor) and given.numel() == 1) or (
+            isinstance(given, np.ndarray) and given.size == 1
+        ):
+            value = given.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"metric {name!r} must be a real number, got {value!r:.80}")
         try:
             checked[name] = float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"metric {name!r} must be a number, got {value!r}") from None
+        except OverflowError:
+            raise ValueError(f"metric {name!r} is too large for a float: {value!r:.40}") from None
     return checked

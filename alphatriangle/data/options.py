@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alphatriangle.data.retention import KeepBest, KeepLatest, RetentionPolicy
+from alphatriangle.data.signing import MIN_KEY_BYTES
 
 __all__ = ["CheckpointManagerOptions"]
 
@@ -30,6 +31,11 @@ class CheckpointManagerOptions(BaseModel):
       ``KeepBest`` in ``retention`` ranks.
     - ``lock_timeout_s``: how long a second writer waits for the writer lock before
       ``LockTimeoutError``.
+    - ``weights_only``: the default of ``restore(weights_only=...)``: never unpickle; a step
+      holding pickled objects raises ``WeightsOnlyError`` naming them.
+    - ``signing_key``: at least 16 bytes; every step written is signed (HMAC-SHA256 over the
+      manifest, SHA-256 of every file) and every step restored must carry a valid signature
+      (``CheckpointSignatureError`` otherwise). Never shown in the options' repr.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -43,11 +49,18 @@ class CheckpointManagerOptions(BaseModel):
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
     lock_timeout_s: float = Field(default=5.0, ge=0.0, le=86_400.0)
+    weights_only: bool = False
+    signing_key: bytes | None = Field(default=None, repr=False)
 
     @model_validator(mode="after")
     def _best_metric_named(self) -> CheckpointManagerOptions:
         if self.best_metric == "":
             raise ValueError("best_metric must name a metric, or be None")
+        if self.signing_key is not None and len(self.signing_key) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"signing_key must be at least {MIN_KEY_BYTES} bytes "
+                f"(got {len(self.signing_key)}): a short key can be guessed"
+            )
         return self
 
     def best_ranking(self) -> KeepBest | None:

@@ -20,90 +20,26 @@ otherwise.
 
 from __future__ import annotations
 
-import io
-import math
-import pickle
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import cloudpickle
 import numpy as np
 import torch
 
+from alphatriangle.data.arrays import ArraySpec
+from alphatriangle.data.tree import JsonTree, TreeEncoder
+
 __all__ = [
     "ALIGNMENT",
-    "ArraySpec",
     "HostBuffer",
     "StagedState",
     "StagingPool",
-    "decode_tree",
-    "is_array_leaf",
     "stage_state",
-    "unpickle_objects",
 ]
 
 ALIGNMENT = 64
 PAGE = 4096  # host buffers start on a page and data files are padded to one: O_DIRECT-able
-JsonTree = Any  # None | bool | int | float | str | list | dict: what json.dumps accepts
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """Where one tensor or array lies in the data file, and how to rebuild it."""
-
-    framework: Literal["torch", "numpy"]
-    dtype: str  # torch: "float32", "bfloat16"...; numpy: dtype.str, e.g. "<f4"
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-    device: str = "cpu"
-    requires_grad: bool = False
-    parameter: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "framework": self.framework,
-            "dtype": self.dtype,
-            "shape": list(self.shape),
-            "offset": self.offset,
-            "nbytes": self.nbytes,
-        }
-        if self.framework == "torch":
-            out.update(
-                device=self.device, requires_grad=self.requires_grad, parameter=self.parameter
-            )
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ArraySpec:
-        return cls(
-            framework=data["framework"],
-            dtype=data["dtype"],
-            shape=tuple(int(d) for d in data["shape"]),
-            offset=int(data["offset"]),
-            nbytes=int(data["nbytes"]),
-            device=data.get("device", "cpu"),
-            requires_grad=bool(data.get("requires_grad", False)),
-            parameter=bool(data.get("parameter", False)),
-        )
-
-
-def is_array_leaf(value: object) -> bool:
-    """Whether ``value`` travels out of band as raw bytes: a dense, strided tensor, or a numpy
-    array of a plain (non-object, non-structured) dtype."""
-    if isinstance(value, torch.Tensor):
-        return (
-            value.layout == torch.strided
-            and not value.is_quantized
-            and value.device.type != "meta"
-            and not value.is_nested
-        )
-    if isinstance(value, np.ndarray):
-        return not value.dtype.hasobject and value.dtype.fields is None
-    return False
 
 
 class HostBuffer:
@@ -209,100 +145,12 @@ def _page_round(nbytes: int) -> int:
     return -(-nbytes // PAGE) * PAGE
 
 
-class _TreeEncoder:
-    """Walks a state tree once: JSON for containers and scalars, indices for the rest."""
-
-    def __init__(self) -> None:
-        self.leaves: list[torch.Tensor | np.ndarray[Any, Any]] = []
-        self.objects: list[object] = []
-
-    def encode(self, value: object) -> JsonTree:
-        kind = type(value)
-        if value is None or kind is bool or kind is int or kind is str:
-            return value
-        if kind is float:
-            assert isinstance(value, float)
-            return value if math.isfinite(value) else {"f": repr(value)}
-        if kind is dict:
-            assert isinstance(value, dict)
-            return {"d": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
-        if kind is OrderedDict:
-            assert isinstance(value, OrderedDict)
-            return {"od": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
-        if kind is list:
-            assert isinstance(value, list)
-            return {"l": [self.encode(v) for v in value]}
-        if kind is tuple:
-            assert isinstance(value, tuple)
-            return {"t": [self.encode(v) for v in value]}
-        if is_array_leaf(value):
-            return {"a": self.add_leaf(value)}  # type: ignore[arg-type]
-        self.objects.append(value)
-        return {"o": len(self.objects) - 1}
-
-    def add_leaf(self, leaf: torch.Tensor | np.ndarray[Any, Any]) -> int:
-        self.leaves.append(leaf)
-        return len(self.leaves) - 1
-
-    def pickle_objects(self) -> bytes | None:
-        if not self.objects:
-            return None
-        stream = io.BytesIO()
-        pickler = _OutOfBandPickler(stream, self.add_leaf)
-        pickler.dump(self.objects)
-        return stream.getvalue()
-
-
-class _OutOfBandPickler(cloudpickle.CloudPickler):  # type: ignore[misc]
-    """cloudpickle that leaves tensors and arrays out of the pickle, as array references."""
-
-    def __init__(self, stream: io.BytesIO, add_leaf: Callable[[Any], int]) -> None:
-        super().__init__(stream, protocol=pickle.HIGHEST_PROTOCOL)
-        self._add_leaf = add_leaf
-
-    def persistent_id(self, obj: object) -> int | None:
-        if is_array_leaf(obj):
-            return self._add_leaf(obj)
-        return None
-
-
-class _OutOfBandUnpickler(pickle.Unpickler):
-    def __init__(self, stream: io.BytesIO, arrays: list[Any]) -> None:
-        super().__init__(stream)
-        self._arrays = arrays
-
-    def persistent_load(self, pid: object) -> Any:
-        assert isinstance(pid, int)
-        return self._arrays[pid]
-
-
-def _leaf_spec(leaf: torch.Tensor | np.ndarray[Any, Any], offset: int) -> ArraySpec:
-    if isinstance(leaf, torch.Tensor):
-        return ArraySpec(
-            framework="torch",
-            dtype=str(leaf.dtype).removeprefix("torch."),
-            shape=tuple(leaf.shape),
-            offset=offset,
-            nbytes=leaf.numel() * leaf.element_size(),
-            device=str(leaf.device),
-            requires_grad=leaf.requires_grad,
-            parameter=isinstance(leaf, torch.nn.Parameter),
-        )
-    return ArraySpec(
-        framework="numpy",
-        dtype=leaf.dtype.str,
-        shape=tuple(leaf.shape),
-        offset=offset,
-        nbytes=leaf.nbytes,
-    )
-
-
 def _layout(leaves: list[Any]) -> tuple[list[ArraySpec], int]:
     specs = []
     offset = 0
     for leaf in leaves:
         offset = -(-offset // ALIGNMENT) * ALIGNMENT
-        spec = _leaf_spec(leaf, offset)
+        spec = ArraySpec.of(leaf, offset)
         specs.append(spec)
         offset += spec.nbytes
     return specs, offset
@@ -315,7 +163,7 @@ def stage_state(state: object, buffer: HostBuffer) -> StagedState:
     Raises whatever cloudpickle raises for an object it cannot serialise, before anything is
     written.
     """
-    encoder = _TreeEncoder()
+    encoder = TreeEncoder()
     tree = encoder.encode(state)
     objects = encoder.pickle_objects()
     specs, nbytes = _layout(encoder.leaves)
@@ -364,35 +212,3 @@ def _copy_leaves(leaves: list[Any], specs: list[ArraySpec], buffer: HostBuffer) 
             dst.copy_(source)
     for stream in used_streams:
         stream.synchronize()
-
-
-def decode_tree(tree: JsonTree, arrays: list[Any], objects: list[Any] | None) -> Any:
-    """Rebuild a state tree from its JSON form, the restored arrays and unpickled objects."""
-    if not isinstance(tree, dict):
-        return tree
-    ((tag, body),) = tree.items()
-    if tag == "a":
-        return arrays[body]
-    if tag == "l":
-        return [decode_tree(v, arrays, objects) for v in body]
-    if tag == "t":
-        return tuple(decode_tree(v, arrays, objects) for v in body)
-    if tag in ("d", "od"):
-        pairs = [
-            (decode_tree(k, arrays, objects), decode_tree(v, arrays, objects)) for k, v in body
-        ]
-        return dict(pairs) if tag == "d" else OrderedDict(pairs)
-    if tag == "f":
-        return float(body)
-    if tag == "o":
-        if objects is None:
-            raise ValueError("tree refers to a pickled object but the step has none")
-        return objects[body]
-    raise ValueError(f"unknown tree node tag {tag!r}")
-
-
-def unpickle_objects(data: bytes, arrays: list[Any]) -> list[Any]:
-    """The objects pickled by :func:`stage_state`, with their tensors and arrays put back."""
-    result = _OutOfBandUnpickler(io.BytesIO(data), arrays).load()
-    assert isinstance(result, list)
-    return result

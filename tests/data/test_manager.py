@@ -218,7 +218,7 @@ def test_public_methods_are_thread_safe(ckpt_dir: Path) -> None:
 def test_cuda_checkpoint_on_a_cpu_machine_asks_for_map_location(ckpt_dir: Path) -> None:
     import xxhash
 
-    from alphatriangle.data.format import _canonical, _seal
+    from alphatriangle.data.format import canonical, seal
 
     with CheckpointManager(ckpt_dir) as manager:
         manager.save(0, {"w": torch.arange(4.0)})
@@ -226,7 +226,7 @@ def test_cuda_checkpoint_on_a_cpu_machine_asks_for_map_location(ckpt_dir: Path) 
     step_dir = ckpt_dir / "step_000000000"
     index = json.loads((step_dir / "state.index.json").read_text())
     index["arrays"][0]["device"] = "cuda:0"
-    index_bytes = _canonical(index)
+    index_bytes = canonical(index)
     (step_dir / "state.index.json").write_bytes(index_bytes)
     manifest = json.loads((step_dir / "manifest.json").read_text())
     manifest.pop("checksum")
@@ -234,7 +234,7 @@ def test_cuda_checkpoint_on_a_cpu_machine_asks_for_map_location(ckpt_dir: Path) 
         "size": len(index_bytes),
         "xxh3_64": xxhash.xxh3_64_hexdigest(index_bytes),
     }
-    (step_dir / "manifest.json").write_bytes(_seal(_canonical(manifest)))
+    (step_dir / "manifest.json").write_bytes(seal(canonical(manifest)))
     with CheckpointManager(ckpt_dir, CheckpointManagerOptions(read_only=True)) as reader:
         with pytest.raises(CheckpointError, match="map_location='cpu'") as info:
             reader.restore()

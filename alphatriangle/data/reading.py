@@ -1,0 +1,591 @@
+"""Reading one committed step strictly: never wrong data, never a hang, never an unclear error.
+
+Every byte read is checked before it is used, and any violation raises
+:class:`~alphatriangle.data.errors.CheckpointCorruptError` naming the file:
+
+- files are opened without following symbolic links and must be regular files (a FIFO, a
+  directory or a link in a step is corruption, not a hang or a read outside the step); their
+  size must match the manifest before anything is allocated;
+- the manifest: its own checksum, field types (``format_version`` an int, ``step`` the
+  directory's step, items and file names plain names, sizes non-negative ints, checksums hex);
+- the index: framework ``torch`` or ``numpy``; dtypes from an allow-list
+  (``arrays.TORCH_DTYPES``; numpy dtypes without objects or fields); devices parsed by a
+  strict pattern; ``nbytes == prod(shape) * itemsize``; every array inside the data file,
+  which must end where the last array ends; tree references in range; nesting bounded;
+- pickled objects are unpickled only when ``weights_only`` is false, and an object that does
+  not unpickle is reported as such, naming the file.
+
+With a signing key (``signing.py``) the manifest's HMAC and every file's SHA-256 are checked
+too, and an unsigned or tampered step raises
+:class:`~alphatriangle.data.errors.CheckpointSignatureError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import re
+import stat
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xxhash
+
+from alphatriangle.data.arrays import TORCH_DTYPES, ArraySpec, numpy_dtype
+from alphatriangle.data.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointSignatureError,
+    WeightsOnlyError,
+)
+from alphatriangle.data.format import (
+    CHECKSUM,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    Manifest,
+    canonical,
+    unseal,
+)
+from alphatriangle.data.layout import MANIFEST_NAME
+from alphatriangle.data.signing import (
+    FILE_DIGEST,
+    manifest_signature,
+    new_file_digest,
+    signatures_match,
+)
+from alphatriangle.data.tree import TreeError, decode_tree, unpickle_objects
+
+__all__ = ["read_item", "read_manifest", "verify_step"]
+
+MAX_MANIFEST_BYTES = 64 << 20
+_READ_CHUNK = 64 << 20
+_HASH_CHUNK = 16 << 20  # restore hashes chunk k while it reads chunk k + 1
+_MAX_DIMS = 64
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+_ITEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
+_HEX_RE = {CHECKSUM: re.compile(r"^[0-9a-f]{16}$"), FILE_DIGEST: re.compile(r"^[0-9a-f]{64}$")}
+_DEVICE_RE = re.compile(r"^(cpu|(cuda|mps|xpu)(:[0-9]{1,4})?)$")
+_NON_FINITE = ("nan", "inf", "-inf")
+
+
+def _corrupt(path: str | Path, step: int | None, why: str) -> CheckpointCorruptError:
+    return CheckpointCorruptError(f"corrupt checkpoint file {path}: {why}", path=path, step=step)
+
+
+def _mismatch(path: str | Path, step: int, *, signed: bool) -> CheckpointCorruptError:
+    if signed:
+        return CheckpointSignatureError(
+            f"tampered checkpoint file {path}: its {FILE_DIGEST} is not the signed one",
+            path=path,
+            step=step,
+        )
+    return _corrupt(path, step, f"checksum mismatch ({CHECKSUM})")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(data: bytes, path: str | Path, step: int | None) -> Any:
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise _corrupt(path, step, f"not valid JSON ({type(exc).__name__}: {exc})") from None
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _is_number(value: object) -> bool:
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _open_regular(path: str | Path, step: int | None) -> tuple[int, int]:
+    """Open ``path`` for reading without following a symbolic link and without blocking on a
+    FIFO; returns the descriptor and the file's size. Anything but a regular file is
+    corruption."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _corrupt(path, step, "missing") from None
+    except OSError as exc:
+        if Path(path).is_symlink():
+            raise _corrupt(path, step, "a symbolic link, not a file of the step") from None
+        raise CheckpointError(f"cannot open {path}: {exc}", path=path, step=step) from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise _corrupt(path, step, "not a regular file")
+    return fd, info.st_size
+
+
+def _check_allocatable(path: str | Path, step: int | None, size: int) -> None:
+    if size > _physical_memory():
+        raise CheckpointError(
+            f"{path} holds {size} bytes, more than this machine's memory "
+            f"({_physical_memory()} bytes): it cannot be restored here",
+            path=path,
+            step=step,
+        )
+
+
+def read_manifest(
+    step_dir: str | Path, step: int | None = None, *, signing_key: bytes | None = None
+) -> Manifest:
+    """Parse and verify ``manifest.json`` (see the module docstring). ``step``, when given,
+    is the step the directory's name says: the manifest must say the same. With
+    ``signing_key``, the signature is checked too."""
+    # A str path: this runs for every step when retention reads 10,000 manifests.
+    path = os.path.join(step_dir, MANIFEST_NAME)  # noqa: PTH118
+    fd, size = _open_regular(path, step)
+    try:
+        if size > MAX_MANIFEST_BYTES:
+            raise _corrupt(path, step, f"{size} bytes, more than a manifest can be")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read()
+    finally:
+        os.close(fd)
+    raw = _parse_json(data, path, step)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise _corrupt(path, step, "not a checkpoint manifest")
+    version: Any = raw.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise _corrupt(path, step, f"format_version {version!r} is not a positive integer")
+    if version > FORMAT_VERSION:
+        raise _corrupt(
+            path,
+            step,
+            f"format version {version} is newer than this library reads ({FORMAT_VERSION}); "
+            "upgrade alphatriangle",
+        )
+    if not unseal(data):
+        raise _corrupt(path, step, "manifest checksum mismatch (edited or damaged)")
+    manifest = _parse_manifest(raw, path, step)
+    if signing_key is not None:
+        _check_signature(raw, signing_key, path, manifest.step)
+    return manifest
+
+
+def _parse_manifest(raw: dict[str, Any], path: str, step: int | None) -> Manifest:
+    def bad(why: str) -> CheckpointCorruptError:
+        return _corrupt(path, step, why)
+
+    said: Any = raw.get("step")
+    if not _is_int(said) or said < 0:
+        raise bad(f"step {said!r} is not a non-negative integer")
+    if step is not None and said != step:
+        raise bad(f"says step {said}, but lies in the directory of step {step}")
+    if not _is_number(raw.get("wall_time")):
+        raise bad(f"wall_time {raw.get('wall_time')!r} is not a finite number")
+    metrics = raw.get("metrics")
+    if not isinstance(metrics, dict):
+        raise bad("metrics is not an object")
+    for name, value in metrics.items():
+        if not (_is_number(value) or value in _NON_FINITE):
+            raise bad(f"metric {name!r} is {value!r}, not a number")
+    items = raw.get("items")
+    if (
+        not isinstance(items, list)
+        or not all(isinstance(i, str) and _ITEM_RE.match(i) for i in items)
+        or len(set(items)) != len(items)
+    ):
+        raise bad(f"items {items!r:.200} is not a list of distinct item names")
+    files = raw.get("files")
+    if not isinstance(files, dict):
+        raise bad("files is not an object")
+    for name, entry in files.items():
+        if not _NAME_RE.match(name) or name == MANIFEST_NAME:
+            raise bad(f"lists {name!r:.100}, which is not a plain file name of a step")
+        if not isinstance(entry, dict) or not _is_int(entry.get("size")) or entry["size"] < 0:
+            raise bad(f"the entry of {name} has no valid size")
+        for digest, pattern in _HEX_RE.items():
+            value = entry.get(digest)
+            if (digest == CHECKSUM or value is not None) and not (
+                isinstance(value, str) and pattern.match(value)
+            ):
+                raise bad(f"the entry of {name} has no valid {digest}")
+    for item in items:
+        for suffix in (".data", ".index.json"):
+            if item + suffix not in files:
+                raise bad(f"item {item!r} has no {item + suffix}")
+    return Manifest(
+        step=said,
+        wall_time=float(raw["wall_time"]),
+        metrics={k: float(v) for k, v in metrics.items()},
+        items=tuple(items),
+        files=files,
+        raw=raw,
+    )
+
+
+def _check_signature(raw: dict[str, Any], key: bytes, path: str, step: int) -> None:
+    unsigned = {k: v for k, v in raw.items() if k not in ("signature", "checksum")}
+    if "signature" not in raw:
+        raise CheckpointSignatureError(
+            f"{path} is not signed, and a signing key is set: refusing step {step}",
+            path=path,
+            step=step,
+        )
+    expected = manifest_signature(unsigned, key, canonical(unsigned))
+    if not signatures_match(expected, raw["signature"]):
+        raise CheckpointSignatureError(
+            f"{path}: the signature does not match (tampered, or signed with another key): "
+            f"refusing step {step}",
+            path=path,
+            step=step,
+        )
+    for name, entry in raw["files"].items():
+        if FILE_DIGEST not in entry:
+            raise CheckpointSignatureError(
+                f"{path}: {name} has no {FILE_DIGEST} digest in a signed manifest",
+                path=path,
+                step=step,
+            )
+
+
+class _PipelinedHash:
+    """A digest of a sequence of buffers, computed on a second thread as they arrive, so
+    that hashing overlaps with reading (both release the GIL). The buffers must stay
+    unchanged until :meth:`hexdigest` returns."""
+
+    def __init__(self, hasher: Any) -> None:
+        self._hasher = hasher
+        self._queue: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="checksum", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (view := self._queue.get()) is not None:
+            self._hasher.update(view)
+
+    def update(self, view: memoryview) -> None:
+        self._queue.put(view)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.stop()
+        return str(self._hasher.hexdigest())
+
+
+class _VerifiedReader:
+    """Reads one listed file sequentially, checking its size and (when ``verify``) its
+    digest: xxh3, or SHA-256 when ``signed``. Always :meth:`close` it; :meth:`finish`
+    verifies the digest."""
+
+    def __init__(
+        self, path: Path, entry: Mapping[str, Any], step: int, *, verify: bool, signed: bool
+    ) -> None:
+        self.path = path
+        self.step = step
+        self.expected_size = int(entry["size"])
+        self.digest_name = FILE_DIGEST if signed else CHECKSUM
+        self.expected_digest = entry.get(self.digest_name)
+        fd, actual = _open_regular(path, step)
+        if actual != self.expected_size:
+            os.close(fd)
+            raise _corrupt(path, step, f"size {actual} bytes, manifest says {self.expected_size}")
+        self.file = os.fdopen(fd, "rb", buffering=0)
+        hasher = (new_file_digest() if signed else xxhash.xxh3_64()) if verify else None
+        self.hasher = _PipelinedHash(hasher) if hasher is not None else None
+        self.position = 0
+
+    def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` (which must not change until :meth:`finish`) with the next bytes."""
+        view = view.cast("B")
+        filled = 0
+        while filled < view.nbytes:
+            got = self.file.readinto(view[filled : filled + _READ_CHUNK])
+            if not got:
+                raise _corrupt(self.path, self.step, "truncated while reading")
+            filled += got
+        if self.hasher is not None:
+            self.hasher.update(view)
+        self.position += filled
+
+    def read_rest(self) -> bytes:
+        _check_allocatable(self.path, self.step, self.expected_size - self.position)
+        data = bytearray(self.expected_size - self.position)
+        self.read_into(memoryview(data))
+        return bytes(data)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.hasher is not None:
+            self.hasher.stop()
+
+    def finish(self) -> None:
+        self.close()
+        if self.hasher is not None and self.hasher.hexdigest() != self.expected_digest:
+            raise _mismatch(self.path, self.step, signed=self.digest_name == FILE_DIGEST)
+
+
+def _read_small(
+    step_dir: Path, manifest: Manifest, name: str, *, verify: bool, signed: bool
+) -> bytes:
+    entry = manifest.files.get(name)
+    if entry is None:
+        raise _corrupt(step_dir / MANIFEST_NAME, manifest.step, f"does not list {name}")
+    reader = _VerifiedReader(step_dir / name, entry, manifest.step, verify=verify, signed=signed)
+    try:
+        data = reader.read_rest()
+    finally:
+        reader.close()
+    reader.finish()
+    return data
+
+
+def _parse_spec(entry: object) -> ArraySpec:
+    """One entry of the index's array table, checked field by field (ValueError says what is
+    wrong)."""
+    if not isinstance(entry, dict):
+        raise ValueError("not an object")
+    framework: Any = entry.get("framework")
+    dtype_name: Any = entry.get("dtype")
+    shape: Any = entry.get("shape")
+    offset: Any = entry.get("offset")
+    nbytes: Any = entry.get("nbytes")
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
+        raise ValueError(f"shape {shape!r:.80} is not a list of at most {_MAX_DIMS} sizes")
+    if not all(_is_int(d) and d >= 0 for d in shape):
+        raise ValueError(f"shape {shape!r:.80} has a size that is not a non-negative int")
+    if not (_is_int(offset) and _is_int(nbytes) and offset >= 0 and nbytes >= 0):
+        raise ValueError(f"offset {offset!r} or nbytes {nbytes!r} is not a non-negative int")
+    if framework == "torch":
+        if not isinstance(dtype_name, str) or dtype_name not in TORCH_DTYPES:
+            raise ValueError(f"torch dtype {dtype_name!r:.80} is not one this format holds")
+        itemsize = TORCH_DTYPES[dtype_name].itemsize
+        device = entry.get("device", "cpu")
+        if not isinstance(device, str) or not _DEVICE_RE.match(device):
+            raise ValueError(f"device {device!r:.80} is not a device name")
+        requires_grad = entry.get("requires_grad", False)
+        parameter = entry.get("parameter", False)
+        if type(requires_grad) is not bool or type(parameter) is not bool:
+            raise ValueError("requires_grad and parameter must be booleans")
+    elif framework == "numpy":
+        dtype = numpy_dtype(dtype_name) if isinstance(dtype_name, str) else None
+        if dtype is None:
+            raise ValueError(f"numpy dtype {dtype_name!r:.80} is not one this format holds")
+        itemsize = dtype.itemsize
+        device, requires_grad, parameter = "cpu", False, False
+    else:
+        raise ValueError(f"framework {framework!r:.80} is neither torch nor numpy")
+    if nbytes != math.prod(shape) * itemsize:
+        raise ValueError(f"nbytes {nbytes} is not the size of shape {shape} of {dtype_name}")
+    return ArraySpec(
+        framework=framework,
+        dtype=dtype_name,
+        shape=tuple(shape),
+        offset=offset,
+        nbytes=nbytes,
+        device=device,
+        requires_grad=requires_grad,
+        parameter=parameter,
+    )
+
+
+def _read_index(
+    step_dir: Path, manifest: Manifest, item: str, *, verify: bool, signed: bool
+) -> tuple[Any, list[ArraySpec]]:
+    """The item's tree and array table, each array checked to lie in the data file, and the
+    data file's listed size checked to end where the last array ends."""
+    name = f"{item}.index.json"
+    path = step_dir / name
+    index = _parse_json(
+        _read_small(step_dir, manifest, name, verify=verify, signed=signed), path, manifest.step
+    )
+    if not isinstance(index, dict) or not isinstance(index.get("arrays"), list):
+        raise _corrupt(path, manifest.step, "not an index (no array table)")
+    if "tree" not in index:
+        raise _corrupt(path, manifest.step, "not an index (no tree)")
+    specs = []
+    for position, entry in enumerate(index["arrays"]):
+        try:
+            specs.append(_parse_spec(entry))
+        except ValueError as exc:
+            raise _corrupt(path, manifest.step, f"array {position}: {exc}") from None
+    data_size: int = manifest.files[f"{item}.data"]["size"]
+    end = max((s.offset + s.nbytes for s in specs), default=0)
+    if end != data_size:
+        raise _corrupt(
+            path,
+            manifest.step,
+            f"its arrays end at byte {end}, but {item}.data is listed with {data_size} bytes",
+        )
+    return index["tree"], specs
+
+
+def _object_paths(node: Any, where: str, found: list[str]) -> None:
+    """Where in the tree pickled objects sit, e.g. ``state['config']`` (at most 10)."""
+    if len(found) >= 10 or not isinstance(node, dict) or len(node) != 1:
+        return
+    ((tag, body),) = node.items()
+    if tag == "o":
+        found.append(where)
+    elif tag in ("l", "t") and isinstance(body, list):
+        for i, value in enumerate(body):
+            _object_paths(value, f"{where}[{i}]", found)
+    elif tag in ("d", "od") and isinstance(body, list):
+        for pair in body:
+            if isinstance(pair, list) and len(pair) == 2:
+                _object_paths(pair[1], f"{where}[{pair[0]!r}]", found)
+
+
+def _array_in(arena: np.ndarray[Any, np.dtype[np.uint8]], spec: ArraySpec) -> Any:
+    """The array ``spec`` describes, as a view of ``arena`` (the data file's bytes).
+
+    A torch tensor gets a storage of its own covering just its bytes (saving it writes only
+    those); the memory is shared and returned when the last array of the item is freed.
+    """
+    if spec.framework == "torch":
+        dtype = TORCH_DTYPES[spec.dtype]
+        if spec.nbytes == 0:
+            return torch.empty(spec.shape, dtype=dtype)
+        raw = torch.frombuffer(arena, dtype=torch.uint8, count=spec.nbytes, offset=spec.offset)
+        return raw.view(dtype).view(spec.shape)
+    region = arena[spec.offset : spec.offset + spec.nbytes]
+    return region.view(np.dtype(spec.dtype)).reshape(spec.shape)
+
+
+def _finish_tensor(
+    tensor: torch.Tensor, spec: ArraySpec, map_location: Any, step_dir: Path, step: int
+) -> torch.Tensor:
+    device = torch.device(map_location) if map_location is not None else torch.device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(
+            f"step {step} holds tensors saved on {spec.device}, and this process has no CUDA "
+            "device; pass map_location='cpu' to restore them on the CPU",
+            path=step_dir,
+            step=step,
+        )
+    if device.type != "cpu":
+        tensor = tensor.to(device)
+    if spec.parameter:
+        return torch.nn.Parameter(tensor, requires_grad=spec.requires_grad)
+    if spec.requires_grad:
+        tensor.requires_grad_(True)
+    return tensor
+
+
+def read_item(
+    step_dir: Path,
+    manifest: Manifest,
+    item: str,
+    *,
+    verify: bool = True,
+    map_location: Any = None,
+    weights_only: bool = False,
+    signing_key: bytes | None = None,
+) -> Any:
+    """Rebuild one item's state tree (``manifest`` comes from :func:`read_manifest`, with
+    the same ``signing_key``).
+
+    Raises :class:`CheckpointCorruptError` naming the file for any violation (see the module
+    docstring); :class:`WeightsOnlyError` naming where the objects sit when
+    ``weights_only`` and the item holds pickled objects (nothing is unpickled)."""
+    if item not in manifest.items:
+        raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
+    signed = signing_key is not None
+    tree, specs = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    objects_name = f"{item}.objects.pkl"
+    if weights_only and objects_name in manifest.files:
+        where: list[str] = []
+        _object_paths(tree, item, where)
+        raise WeightsOnlyError(
+            f"step {manifest.step} holds pickled objects ({', '.join(where) or objects_name}) "
+            f"in {step_dir / objects_name}; weights_only=True refuses to unpickle them",
+            path=step_dir / objects_name,
+            step=manifest.step,
+        )
+    data_name = f"{item}.data"
+    data_path = step_dir / data_name
+    reader = _VerifiedReader(
+        data_path, manifest.files[data_name], manifest.step, verify=verify, signed=signed
+    )
+    try:
+        _check_allocatable(data_path, manifest.step, reader.expected_size)
+        # One allocation for the whole file (numpy asks for huge pages: cheap first touch),
+        # read in chunks so that hashing one overlaps reading the next.
+        arena = np.empty(reader.expected_size, dtype=np.uint8)
+        for start in range(0, reader.expected_size, _HASH_CHUNK):
+            reader.read_into(arena.data[start : start + _HASH_CHUNK])
+    finally:
+        reader.close()
+    reader.finish()
+    arrays = []
+    for spec in specs:
+        array = _array_in(arena, spec)
+        if spec.framework == "torch":
+            array = _finish_tensor(array, spec, map_location, step_dir, manifest.step)
+        arrays.append(array)
+    objects = None
+    if objects_name in manifest.files:
+        data = _read_small(step_dir, manifest, objects_name, verify=verify, signed=signed)
+        try:
+            objects = unpickle_objects(data, arrays)
+        except Exception as exc:
+            raise _corrupt(
+                step_dir / objects_name,
+                manifest.step,
+                f"cannot unpickle its objects ({type(exc).__name__}: {exc})",
+            ) from exc
+    try:
+        return decode_tree(tree, arrays, objects)
+    except TreeError as exc:
+        raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+
+
+class _UncountedObjects(list[Any]):
+    """Stands for the objects of an item that :func:`verify_step` does not unpickle."""
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, index: Any) -> None:  # type: ignore[override]
+        return None
+
+
+def _check_file(path: Path, entry: Mapping[str, Any], step: int, *, signed: bool) -> None:
+    """Stream one file through its digest in a reused buffer; nothing is kept."""
+    digest_name = FILE_DIGEST if signed else CHECKSUM
+    hasher = new_file_digest() if signed else xxhash.xxh3_64()
+    fd, size = _open_regular(path, step)
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        if size != entry["size"]:
+            raise _corrupt(path, step, f"size {size} bytes, manifest says {entry['size']}")
+        chunk = bytearray(min(_HASH_CHUNK, size))
+        view = memoryview(chunk)
+        while got := file.readinto(view):
+            hasher.update(view[:got])
+    if hasher.hexdigest() != entry.get(digest_name):
+        raise _mismatch(path, step, signed=signed)
+
+
+def verify_step(step_dir: Path, manifest: Manifest, *, signing_key: bytes | None = None) -> None:
+    """Check every listed file's size and digest, and every item's index and tree, without
+    unpickling anything or building a tensor. Raises what :func:`read_item` raises."""
+    signed = signing_key is not None
+    for name in manifest.files:
+        _check_file(step_dir / name, manifest.files[name], manifest.step, signed=signed)
+    for item in manifest.items:
+        tree, specs = _read_index(step_dir, manifest, item, verify=False, signed=signed)
+        objects = _UncountedObjects() if f"{item}.objects.pkl" in manifest.files else None
+        try:
+            decode_tree(tree, [None] * len(specs), objects)
+        except TreeError as exc:
+            raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None

@@ -1,0 +1,177 @@
+"""The state-tree codec: a state tree to its JSON form, arrays and pickled objects, and back.
+
+A state tree is nested dicts, OrderedDicts, lists and tuples whose leaves are tensors,
+arrays, scalars, strings or any other object cloudpickle can serialise. Encoding splits it:
+
+- the *tree*: containers and plain scalars as JSON; a node is a JSON scalar or a one-key
+  object: ``{"a": i}`` array i, ``{"l": [...]}`` list, ``{"t": [...]}`` tuple,
+  ``{"d": [[k, v], ...]}`` dict, ``{"od": [...]}`` OrderedDict, ``{"f": "nan"}`` a
+  non-finite float, ``{"o": i}`` the i-th pickled object;
+- the *arrays*: every leaf :func:`~alphatriangle.data.arrays.is_array_leaf` accepts, in order;
+- the *objects*: every other leaf, cloudpickled together; tensors and arrays inside them still
+  travel as arrays (persistent ids).
+
+Decoding is strict: any node, tag, index or nesting that encoding cannot produce raises
+:class:`TreeError` (a ``ValueError``), never a wrong value. Trees deeper than
+:data:`MAX_TREE_DEPTH` are refused on both sides, so whatever saves also restores.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import torch
+
+from alphatriangle.data.arrays import is_array_leaf
+
+__all__ = ["MAX_TREE_DEPTH", "TreeEncoder", "TreeError", "decode_tree", "unpickle_objects"]
+
+MAX_TREE_DEPTH = 200
+JsonTree = Any  # None | bool | int | float | str | list | dict: what json.dumps accepts
+_NON_FINITE = ("nan", "inf", "-inf")
+_TAGS = frozenset({"a", "o", "f", "l", "t", "d", "od"})
+
+
+class TreeError(ValueError):
+    """A tree, or a pickled object of it, that encoding could not have produced."""
+
+
+class TreeEncoder:
+    """Walks a state tree once: JSON for containers and scalars, indices for the rest."""
+
+    def __init__(self) -> None:
+        self.leaves: list[torch.Tensor | np.ndarray[Any, Any]] = []
+        self.objects: list[object] = []
+
+    def encode(self, value: object, depth: int = 0) -> JsonTree:
+        kind = type(value)
+        if value is None or kind is bool or kind is int or kind is str:
+            return value
+        if kind is float:
+            assert isinstance(value, float)
+            return value if math.isfinite(value) else {"f": repr(value)}
+        if depth >= MAX_TREE_DEPTH:
+            raise ValueError(f"the state tree is nested deeper than {MAX_TREE_DEPTH} levels")
+        inner = depth + 1
+        if kind is dict or kind is OrderedDict:
+            assert isinstance(value, dict)
+            tag = "d" if kind is dict else "od"
+            return {tag: [[self.encode(k, inner), self.encode(v, inner)] for k, v in value.items()]}
+        if kind is list:
+            assert isinstance(value, list)
+            return {"l": [self.encode(v, inner) for v in value]}
+        if kind is tuple:
+            assert isinstance(value, tuple)
+            return {"t": [self.encode(v, inner) for v in value]}
+        if is_array_leaf(value):
+            return {"a": self.add_leaf(value)}  # type: ignore[arg-type]
+        self.objects.append(value)
+        return {"o": len(self.objects) - 1}
+
+    def add_leaf(self, leaf: torch.Tensor | np.ndarray[Any, Any]) -> int:
+        self.leaves.append(leaf)
+        return len(self.leaves) - 1
+
+    def pickle_objects(self) -> bytes | None:
+        if not self.objects:
+            return None
+        stream = io.BytesIO()
+        pickler = _OutOfBandPickler(stream, self.add_leaf)
+        pickler.dump(self.objects)
+        return stream.getvalue()
+
+
+class _OutOfBandPickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+    """cloudpickle that leaves tensors and arrays out of the pickle, as array references."""
+
+    def __init__(self, stream: io.BytesIO, add_leaf: Callable[[Any], int]) -> None:
+        super().__init__(stream, protocol=pickle.HIGHEST_PROTOCOL)
+        self._add_leaf = add_leaf
+
+    def persistent_id(self, obj: object) -> int | None:
+        if is_array_leaf(obj):
+            return self._add_leaf(obj)
+        return None
+
+
+def _index(body: object, count: int, what: str) -> int:
+    if type(body) is not int or not 0 <= body < count:
+        raise TreeError(f"{what} reference {body!r} is not an index below {count}")
+    return body
+
+
+def decode_tree(tree: JsonTree, arrays: list[Any], objects: list[Any] | None) -> Any:
+    """Rebuild a state tree from its JSON form, the restored arrays and unpickled objects;
+    raises :class:`TreeError` for anything encoding cannot produce."""
+    return _decode(tree, arrays, objects, 0)
+
+
+def _decode(node: JsonTree, arrays: list[Any], objects: list[Any] | None, depth: int) -> Any:
+    kind = type(node)
+    if node is None or kind is bool or kind is int or kind is str:
+        return node
+    if kind is float:
+        if not math.isfinite(node):
+            raise TreeError("a non-finite float outside an 'f' node")
+        return node
+    if kind is not dict or len(node) != 1:
+        raise TreeError(f"a tree node must be a scalar or a one-key object, got {node!r:.80}")
+    if depth >= MAX_TREE_DEPTH + 1:
+        raise TreeError(f"the tree is nested deeper than {MAX_TREE_DEPTH} levels")
+    ((tag, body),) = node.items()
+    if tag not in _TAGS:
+        raise TreeError(f"unknown tree node tag {tag!r:.40}")
+    inner = depth + 1
+    if tag == "a":
+        return arrays[_index(body, len(arrays), "array")]
+    if tag == "o":
+        if objects is None:
+            raise TreeError("the tree refers to a pickled object but the item has none")
+        return objects[_index(body, len(objects), "object")]
+    if tag == "f":
+        if body not in _NON_FINITE:
+            raise TreeError(f"'f' node holds {body!r}, not one of {_NON_FINITE}")
+        return float(body)
+    if type(body) is not list:
+        raise TreeError(f"{tag!r} node holds {type(body).__name__}, not a list")
+    if tag == "l":
+        return [_decode(v, arrays, objects, inner) for v in body]
+    if tag == "t":
+        return tuple(_decode(v, arrays, objects, inner) for v in body)
+    if tag in ("d", "od"):
+        pairs = []
+        for pair in body:
+            if type(pair) is not list or len(pair) != 2:
+                raise TreeError(f"a dict entry must be a [key, value] pair, got {pair!r:.80}")
+            key = _decode(pair[0], arrays, objects, inner)
+            pairs.append((key, _decode(pair[1], arrays, objects, inner)))
+        try:
+            return dict(pairs) if tag == "d" else OrderedDict(pairs)
+        except TypeError as exc:  # an unhashable key
+            raise TreeError(f"bad dict key ({exc})") from None
+    raise AssertionError(tag)  # every tag in _TAGS is handled above
+
+
+class _OutOfBandUnpickler(pickle.Unpickler):
+    def __init__(self, stream: io.BytesIO, arrays: list[Any]) -> None:
+        super().__init__(stream)
+        self._arrays = arrays
+
+    def persistent_load(self, pid: object) -> Any:
+        return self._arrays[_index(pid, len(self._arrays), "array")]
+
+
+def unpickle_objects(data: bytes, arrays: list[Any]) -> list[Any]:
+    """The objects pickled by :meth:`TreeEncoder.pickle_objects`, with their tensors and
+    arrays put back. This runs the pickle: only for trusted steps (see ``weights_only``)."""
+    result = _OutOfBandUnpickler(io.BytesIO(data), arrays).load()
+    if type(result) is not list:
+        raise TreeError(f"the pickled objects are a {type(result).__name__}, not a list")
+    return result
