@@ -54,3 +54,20 @@ def test_verify_flags_a_corrupt_step(tmp_path: Path) -> None:
     assert "step 40" in result.stderr and "checksum mismatch" in result.stderr
     listing = _cli("list", str(directory))
     assert listing.returncode == 0 and "loss" in listing.stdout
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_inspecting_commands_never_unpickle(tmp_path: Path) -> None:
+    directory, marker = tmp_path / "ckpt", tmp_path / "code-ran"
+    with CheckpointManager(directory) as manager:
+        manager.save(0, {"hook": _Payload(marker)}, metrics={"loss": 1.0})
+    assert _cli("verify", str(directory)).returncode == 0
+    assert _cli("list", str(directory)).returncode == 0
+    assert not marker.exists(), "an inspecting command ran code from the checkpoint"

@@ -35,7 +35,7 @@ import torch
 import xxhash
 
 from alphatriangle.data.layout import MANIFEST_NAME
-from alphatriangle.data.signing import FILE_DIGEST, manifest_signature, new_file_digest
+from alphatriangle.data.signing import FILE_DIGEST, ChunkedDigest, manifest_signature
 from alphatriangle.data.staging import StagedState
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "alphatriangle-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: compact dict nodes ("da", "oda") in the tree; 1 is read too
 CHECKSUM = "xxh3_64"
 _WRITE_CHUNK = 64 << 20  # a multiple of the page: O_DIRECT writes stay aligned
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
@@ -125,14 +125,16 @@ def _write_file(
     padded to whole pages), the write goes straight to the device with O_DIRECT, sparing the
     CPU a copy into the page cache. ``signed`` adds a SHA-256 digest to the entry."""
     view = memoryview(data).cast("B")
-    hashers = [xxhash.xxh3_64()] + ([new_file_digest()] if signed else [])
-    threads = []
-    for hasher in hashers:
-        if view.nbytes >= (1 << 20):
-            threads.append(threading.Thread(target=hasher.update, args=(view,), name="checksum"))
-            threads[-1].start()
-        else:
-            hasher.update(view)
+    hasher = xxhash.xxh3_64()
+    digest = ChunkedDigest() if signed else None
+    if digest is not None:
+        digest.update(view)  # its chunks hash on the pool's threads meanwhile
+    hashing = None
+    if view.nbytes >= (1 << 20):
+        hashing = threading.Thread(target=hasher.update, args=(view,), name="checksum")
+        hashing.start()
+    else:
+        hasher.update(view)
     try:
         if padded is None or not _O_DIRECT or not _write_direct(path, padded, view.nbytes):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -142,11 +144,13 @@ def _write_file(
             finally:
                 os.close(fd)
     finally:
-        for thread in threads:
-            thread.join()
-    entry = {"size": view.nbytes, CHECKSUM: hashers[0].hexdigest()}
-    if signed:
-        entry[FILE_DIGEST] = hashers[1].hexdigest()
+        if hashing is not None:
+            hashing.join()
+        if digest is not None:
+            digest.stop()
+    entry = {"size": view.nbytes, CHECKSUM: hasher.hexdigest()}
+    if digest is not None:
+        entry[FILE_DIGEST] = digest.hexdigest()
     return entry
 
 

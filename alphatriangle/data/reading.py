@@ -55,9 +55,10 @@ from alphatriangle.data.format import (
 )
 from alphatriangle.data.layout import MANIFEST_NAME
 from alphatriangle.data.signing import (
+    DIGEST_CHUNK,
     FILE_DIGEST,
+    ChunkedDigest,
     manifest_signature,
-    new_file_digest,
     signatures_match,
 )
 from alphatriangle.data.tree import TreeError, decode_tree, unpickle_objects
@@ -66,7 +67,7 @@ __all__ = ["read_item", "read_manifest", "verify_step"]
 
 MAX_MANIFEST_BYTES = 64 << 20
 _READ_CHUNK = 64 << 20
-_HASH_CHUNK = 16 << 20  # restore hashes chunk k while it reads chunk k + 1
+_HASH_CHUNK = DIGEST_CHUNK  # restore hashes chunk k while it reads chunk k + 1
 _MAX_DIMS = 64
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 _ITEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
@@ -301,8 +302,9 @@ class _VerifiedReader:
             os.close(fd)
             raise _corrupt(path, step, f"size {actual} bytes, manifest says {self.expected_size}")
         self.file = os.fdopen(fd, "rb", buffering=0)
-        hasher = (new_file_digest() if signed else xxhash.xxh3_64()) if verify else None
-        self.hasher = _PipelinedHash(hasher) if hasher is not None else None
+        self.hasher: _PipelinedHash | ChunkedDigest | None = None
+        if verify:
+            self.hasher = ChunkedDigest() if signed else _PipelinedHash(xxhash.xxh3_64())
         self.position = 0
 
     def read_into(self, view: memoryview) -> None:
@@ -563,15 +565,23 @@ class _UncountedObjects(list[Any]):
 def _check_file(path: Path, entry: Mapping[str, Any], step: int, *, signed: bool) -> None:
     """Stream one file through its digest in a reused buffer; nothing is kept."""
     digest_name = FILE_DIGEST if signed else CHECKSUM
-    hasher = new_file_digest() if signed else xxhash.xxh3_64()
+    hasher = ChunkedDigest(parallel=False) if signed else xxhash.xxh3_64()
     fd, size = _open_regular(path, step)
     with os.fdopen(fd, "rb", buffering=0) as file:
         if size != entry["size"]:
             raise _corrupt(path, step, f"size {size} bytes, manifest says {entry['size']}")
-        chunk = bytearray(min(_HASH_CHUNK, size))
-        view = memoryview(chunk)
-        while got := file.readinto(view):
-            hasher.update(view[:got])
+        chunk = memoryview(bytearray(min(_HASH_CHUNK, size)))
+        remaining = size
+        while remaining:
+            piece = chunk[: min(remaining, _HASH_CHUNK)]
+            filled = 0
+            while filled < piece.nbytes:  # whole chunks: the chunked digest needs them
+                got = file.readinto(piece[filled:])
+                if not got:
+                    raise _corrupt(path, step, "truncated while reading")
+                filled += got
+            hasher.update(piece)
+            remaining -= filled
     if hasher.hexdigest() != entry.get(digest_name):
         raise _mismatch(path, step, signed=signed)
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphatriangle.data.arrays import ArraySpec
+from alphatriangle.data.arrays import ArraySpec, is_array_leaf
 from alphatriangle.data.tree import JsonTree, TreeEncoder
 
 __all__ = [
@@ -53,6 +53,7 @@ class HostBuffer:
         self.pinned = False
         self.allocations = 0
         self._layout: tuple[tuple[int, int], ...] = ()
+        self.staging_layout: _StagingLayout | None = None  # views of this buffer's memory
 
     @property
     def capacity(self) -> int:
@@ -74,6 +75,7 @@ class HostBuffer:
         self.pinned = pinned
         self.allocations += 1
         self._layout = ()
+        self.staging_layout = None
 
     def clear_padding(self, specs: list[ArraySpec], nbytes: int) -> None:
         """Zero the gaps between arrays when the layout changed since the last save, so that
@@ -156,24 +158,102 @@ def _layout(leaves: list[Any]) -> tuple[list[ArraySpec], int]:
     return specs, offset
 
 
+_TORCH_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
+
+
+def _signature(leaves: list[Any]) -> tuple[list[Any], ...] | None:
+    """What the layout of ``leaves`` depends on (types, dtypes, shapes, devices, layouts,
+    ``requires_grad``), as one list per attribute: cheap to build and to compare for many
+    small leaves. None when a leaf cannot say (e.g. a nested tensor has no shape)."""
+    types = [type(leaf) for leaf in leaves]
+    try:
+        if _TORCH_TYPES.issuperset(types):
+            return (
+                types,
+                [leaf.dtype for leaf in leaves],
+                [leaf.shape for leaf in leaves],
+                [leaf.device for leaf in leaves],
+                [leaf.layout for leaf in leaves],
+                [leaf.requires_grad for leaf in leaves],
+            )
+        return (types, [_leaf_key(leaf) for leaf in leaves])
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def _leaf_key(leaf: Any) -> tuple[Any, ...]:
+    if isinstance(leaf, np.ndarray):
+        return (leaf.dtype, leaf.shape)
+    return (leaf.dtype, leaf.shape, leaf.device, leaf.layout, leaf.requires_grad)
+
+
+@dataclass
+class _StagingLayout:
+    """Where each leaf of a state goes in a buffer; reused by the next save whose leaves
+    have the same signature, so that a state of many small tensors is placed once."""
+
+    signature: tuple[list[Any], ...]
+    specs: list[ArraySpec]
+    nbytes: int
+    targets: list[Any]  # per leaf, its view of the buffer (tensor or ndarray)
+    cpu_tensors: list[int] | None  # leaves copied with one batched call; None: all of them
+    others: list[int]  # numpy arrays and CUDA tensors, copied one by one
+
+
+def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
+    specs, nbytes = _layout(leaves)
+    needs_pinned = any(
+        isinstance(leaf, torch.Tensor) and leaf.device.type == "cuda" for leaf in leaves
+    )
+    buffer.ensure(nbytes, pinned=needs_pinned)
+    buffer.clear_padding(specs, nbytes)
+    targets: list[Any] = []
+    cpu_tensors: list[int] = []
+    others: list[int] = []
+    for index, (leaf, spec) in enumerate(zip(leaves, specs, strict=True)):
+        region = slice(spec.offset, spec.offset + spec.nbytes)
+        if isinstance(leaf, np.ndarray):
+            targets.append(buffer.array[region].view(leaf.dtype).reshape(leaf.shape))
+            others.append(index)
+            continue
+        targets.append(buffer.tensor[region].view(leaf.dtype).view(leaf.shape))
+        (others if leaf.device.type == "cuda" else cpu_tensors).append(index)
+    signature = _signature(leaves)
+    assert signature is not None
+    everything = len(cpu_tensors) == len(leaves)
+    return _StagingLayout(
+        signature, specs, nbytes, targets, None if everything else cpu_tensors, others
+    )
+
+
 def stage_state(state: object, buffer: HostBuffer) -> StagedState:
     """Capture ``state`` into ``buffer``; when this returns, later changes to ``state`` (in
     place or not, on any device) do not change what is captured.
 
+    A save whose leaves have the same types, dtypes, shapes and devices as the buffer's
+    previous save reuses its placement: no allocation, no per-leaf bookkeeping, CPU tensors
+    copied in one batched call.
+
     Raises whatever cloudpickle raises for an object it cannot serialise, before anything is
     written.
     """
-    encoder = TreeEncoder()
+    encoder = TreeEncoder(compact=True)
     tree = encoder.encode(state)
     objects = encoder.pickle_objects()
-    specs, nbytes = _layout(encoder.leaves)
-    needs_pinned = any(
-        isinstance(leaf, torch.Tensor) and leaf.device.type == "cuda" for leaf in encoder.leaves
+    leaves = encoder.leaves
+    layout = buffer.staging_layout
+    if layout is None or layout.signature != _signature(leaves):
+        if encoder.compacted and not all(map(is_array_leaf, leaves)):
+            # A compact dict node took a leaf that must be pickled instead: encode again.
+            encoder = TreeEncoder(compact=False)
+            tree = encoder.encode(state)
+            objects = encoder.pickle_objects()
+            leaves = encoder.leaves
+        layout = buffer.staging_layout = _plan(leaves, buffer)
+    _copy_leaves(leaves, layout)
+    return StagedState(
+        tree=tree, arrays=layout.specs, objects=objects, buffer=buffer, nbytes=layout.nbytes
     )
-    buffer.ensure(nbytes, pinned=needs_pinned)
-    buffer.clear_padding(specs, nbytes)
-    _copy_leaves(encoder.leaves, specs, buffer)
-    return StagedState(tree=tree, arrays=specs, objects=objects, buffer=buffer, nbytes=nbytes)
 
 
 _copy_streams: dict[torch.device, torch.cuda.Stream] = {}
@@ -188,27 +268,34 @@ def _copy_stream(device: torch.device) -> torch.cuda.Stream:
     return stream
 
 
-def _copy_leaves(leaves: list[Any], specs: list[ArraySpec], buffer: HostBuffer) -> None:
-    used_streams: list[torch.cuda.Stream] = []
-    for leaf, spec in zip(leaves, specs, strict=True):
-        if spec.nbytes == 0:
-            continue
-        region = slice(spec.offset, spec.offset + spec.nbytes)
-        if isinstance(leaf, np.ndarray):
-            target = buffer.array[region].view(leaf.dtype).reshape(leaf.shape)
-            np.copyto(target, leaf, casting="no")
-            continue
-        source = leaf.detach()
-        dst = buffer.tensor[region].view(source.dtype).view(source.shape)
-        if source.device.type == "cuda":
-            stream = _copy_stream(source.device)
+_foreach_copy = getattr(torch, "_foreach_copy_", None)
+
+
+def _copy_leaves(leaves: list[Any], layout: _StagingLayout) -> None:
+    targets = layout.targets
+    with torch.no_grad():  # the copies are no part of any graph: no detach per leaf
+        if layout.cpu_tensors is None:
+            cpu_sources, cpu_targets = leaves, targets
+        else:
+            cpu_sources = [leaves[i] for i in layout.cpu_tensors]
+            cpu_targets = [targets[i] for i in layout.cpu_tensors]
+        if _foreach_copy is not None and cpu_targets:
+            _foreach_copy(cpu_targets, cpu_sources)
+        else:
+            for target, source in zip(cpu_targets, cpu_sources, strict=True):
+                target.copy_(source)
+        used_streams: list[torch.cuda.Stream] = []
+        for index in layout.others:
+            leaf, target = leaves[index], targets[index]
+            if isinstance(leaf, np.ndarray):
+                np.copyto(target, leaf, casting="no")
+                continue
+            stream = _copy_stream(leaf.device)
             if stream not in used_streams:
                 # Kernels queued on the training stream must finish writing first.
-                stream.wait_stream(torch.cuda.current_stream(source.device))
+                stream.wait_stream(torch.cuda.current_stream(leaf.device))
                 used_streams.append(stream)
             with torch.cuda.stream(stream):
-                dst.copy_(source, non_blocking=True)
-        else:
-            dst.copy_(source)
-    for stream in used_streams:
-        stream.synchronize()
+                target.copy_(leaf, non_blocking=True)
+        for stream in used_streams:
+            stream.synchronize()

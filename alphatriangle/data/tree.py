@@ -6,7 +6,8 @@ arrays, scalars, strings or any other object cloudpickle can serialise. Encoding
 - the *tree*: containers and plain scalars as JSON; a node is a JSON scalar or a one-key
   object: ``{"a": i}`` array i, ``{"l": [...]}`` list, ``{"t": [...]}`` tuple,
   ``{"d": [[k, v], ...]}`` dict, ``{"od": [...]}`` OrderedDict, ``{"f": "nan"}`` a
-  non-finite float, ``{"o": i}`` the i-th pickled object;
+  non-finite float, ``{"o": i}`` the i-th pickled object, ``{"da": [i, [k, ...]]}`` (and
+  ``"oda"``) a dict whose values are the arrays i, i + 1, ... (format version 2);
 - the *arrays*: every leaf :func:`~alphatriangle.data.arrays.is_array_leaf` accepts, in order;
 - the *objects*: every other leaf, cloudpickled together; tensors and arrays inside them still
   travel as arrays (persistent ids).
@@ -36,7 +37,8 @@ __all__ = ["MAX_TREE_DEPTH", "TreeEncoder", "TreeError", "decode_tree", "unpickl
 MAX_TREE_DEPTH = 200
 JsonTree = Any  # None | bool | int | float | str | list | dict: what json.dumps accepts
 _NON_FINITE = ("nan", "inf", "-inf")
-_TAGS = frozenset({"a", "o", "f", "l", "t", "d", "od"})
+_TAGS = frozenset({"a", "o", "f", "l", "t", "d", "od", "da", "oda"})
+_RAW_TYPES = frozenset({torch.Tensor, torch.nn.Parameter, np.ndarray})
 
 
 class TreeError(ValueError):
@@ -44,11 +46,19 @@ class TreeError(ValueError):
 
 
 class TreeEncoder:
-    """Walks a state tree once: JSON for containers and scalars, indices for the rest."""
+    """Walks a state tree once: JSON for containers and scalars, indices for the rest.
 
-    def __init__(self) -> None:
+    With ``compact``, a dict of two or more entries whose keys are all str or int and whose
+    values are all exact tensors or arrays becomes one node, ``{"da": [first, [keys...]]}``
+    (``"oda"`` for an OrderedDict), its values the arrays ``first, first + 1, ...``: a model's
+    state dict costs one node, not one per tensor. Whether each of those values can travel
+    raw is checked by the caller (``compacted`` says whether any node was made)."""
+
+    def __init__(self, *, compact: bool = False) -> None:
         self.leaves: list[torch.Tensor | np.ndarray[Any, Any]] = []
         self.objects: list[object] = []
+        self.compact = compact
+        self.compacted = False
 
     def encode(self, value: object, depth: int = 0) -> JsonTree:
         kind = type(value)
@@ -62,6 +72,15 @@ class TreeEncoder:
         inner = depth + 1
         if kind is dict or kind is OrderedDict:
             assert isinstance(value, dict)
+            if self.compact and len(value) >= 2:
+                values = list(value.values())
+                if all(type(v) in _RAW_TYPES for v in values) and all(
+                    type(k) is str or type(k) is int for k in value
+                ):
+                    first = len(self.leaves)
+                    self.leaves.extend(values)
+                    self.compacted = True
+                    return {"da" if kind is dict else "oda": [first, list(value)]}
             tag = "d" if kind is dict else "od"
             return {tag: [[self.encode(k, inner), self.encode(v, inner)] for k, v in value.items()]}
         if kind is list:
@@ -141,6 +160,8 @@ def _decode(node: JsonTree, arrays: list[Any], objects: list[Any] | None, depth:
         return float(body)
     if type(body) is not list:
         raise TreeError(f"{tag!r} node holds {type(body).__name__}, not a list")
+    if tag in ("da", "oda"):
+        return _decode_compact(tag, body, arrays)
     if tag == "l":
         return [_decode(v, arrays, objects, inner) for v in body]
     if tag == "t":
@@ -157,6 +178,19 @@ def _decode(node: JsonTree, arrays: list[Any], objects: list[Any] | None, depth:
         except TypeError as exc:  # an unhashable key
             raise TreeError(f"bad dict key ({exc})") from None
     raise AssertionError(tag)  # every tag in _TAGS is handled above
+
+
+def _decode_compact(tag: str, body: list[Any], arrays: list[Any]) -> dict[Any, Any]:
+    if len(body) != 2 or type(body[1]) is not list:
+        raise TreeError(f"{tag!r} node must hold [first, [keys...]]")
+    first, keys = body
+    if not all(type(k) is str or type(k) is int for k in keys) or len(set(keys)) != len(keys):
+        raise TreeError(f"{tag!r} node keys must be distinct str or int")
+    start = _index(first, len(arrays) + 1, "array")
+    if start + len(keys) > len(arrays):
+        raise TreeError(f"{tag!r} node refers past the last array")
+    pairs = zip(keys, arrays[start : start + len(keys)], strict=True)
+    return dict(pairs) if tag == "da" else OrderedDict(pairs)
 
 
 class _OutOfBandUnpickler(pickle.Unpickler):

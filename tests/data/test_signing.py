@@ -30,7 +30,7 @@ def test_signed_steps_restore_and_carry_signatures(ckpt_dir: Path) -> None:
         manager.verify(1)
     raw = json.loads((ckpt_dir / "step_000000001" / "manifest.json").read_bytes())
     assert len(raw["signature"]) == 64
-    assert all(len(entry["sha256"]) == 64 for entry in raw["files"].values())
+    assert all(len(entry["sha256_chunked"]) == 64 for entry in raw["files"].values())
     assert "signing_key" not in repr(SIGNED) and KEY.decode() not in repr(SIGNED)
 
 
