@@ -1,0 +1,80 @@
+"""Staging reuses the placement of the previous save only when every leaf still fits it."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import torch
+from helpers import assert_tree_equal
+from hypothesis import given
+from test_roundtrip import _trees
+
+from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepAll
+from alphatriangle.data.staging import HostBuffer, stage_state
+
+
+def _save_all(directory: Path, states: list[Any]) -> None:
+    with CheckpointManager(directory, CheckpointManagerOptions(retention=KeepAll())) as m:
+        for step, state in enumerate(states):
+            m.save(step, state)
+        m.wait_until_finished()
+        for step, state in enumerate(states):
+            assert_tree_equal(m.restore(step), state, f"step {step}")
+
+
+@given(states=st.lists(_trees, min_size=2, max_size=4))
+def test_sequences_of_trees_through_one_manager_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, states: list[Any]
+) -> None:
+    _save_all(tmp_path_factory.mktemp("seq"), states)
+
+
+def _model(**changes: Any) -> OrderedDict[str, Any]:
+    state: OrderedDict[str, Any] = OrderedDict(
+        (f"layer{i}.weight", torch.full((4, 3), float(i))) for i in range(5)
+    )
+    state.update(changes)
+    return state
+
+
+VARIANTS = {
+    "same shapes, new values": _model(**{"layer0.weight": torch.full((4, 3), 9.0)}),
+    "a shape changed, same bytes": _model(**{"layer1.weight": torch.ones(3, 4)}),
+    "a dtype changed": _model(**{"layer2.weight": torch.ones(4, 3, dtype=torch.float64)}),
+    "requires_grad": _model(**{"layer3.weight": torch.ones(4, 3, requires_grad=True)}),
+    "a parameter": _model(**{"layer3.weight": torch.nn.Parameter(torch.ones(4, 3))}),
+    "numpy in place of torch": _model(**{"layer4.weight": np.ones((4, 3), np.float32)}),
+    "a sparse tensor": _model(**{"layer4.weight": torch.eye(3).to_sparse()}),
+    "a non-contiguous view": _model(**{"layer0.weight": torch.arange(24.0).view(3, 8)[:, ::2]}),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
+def test_each_change_of_leaves_is_placed_anew(ckpt_dir: Path, variant: str) -> None:
+    changed = VARIANTS[variant]
+    if variant == "a sparse tensor":
+        with CheckpointManager(ckpt_dir) as manager:
+            manager.save(0, _model())
+            manager.save(1, changed)
+            manager.wait_until_finished()
+            restored = manager.restore(1)["layer4.weight"]
+        assert restored.is_sparse and torch.equal(restored.to_dense(), torch.eye(3))
+        return
+    _save_all(ckpt_dir, [_model(), changed, _model()])
+
+
+def test_the_placement_is_reused_while_leaves_fit_it() -> None:
+    buffer = HostBuffer()
+    first = stage_state(_model(), buffer)
+    layout = buffer.staging_layout
+    second = stage_state(_model(**{"layer0.weight": torch.full((4, 3), 7.0)}), buffer)
+    assert buffer.staging_layout is layout and buffer.allocations == 1
+    assert second.arrays == first.arrays
+    assert second.tree == {"oda": [0, [f"layer{i}.weight" for i in range(5)]]}
+    stage_state(_model(**{"layer1.weight": torch.ones(3, 4)}), buffer)
+    assert buffer.staging_layout is not layout
