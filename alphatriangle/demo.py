@@ -67,8 +67,8 @@ def run_demo(directory: Path, steps: int) -> None:
                 "rng": _rng_state(),
                 "step": step,
             }
-            manager.save(step, state, metrics={"loss": loss.item()})
-        if not manager.should_save(step):  # the final state is always kept
+            handle = manager.save(step, state, metrics={"loss": loss.item()})
+        if handle is None:  # the final state is always kept
             manager.save(step, state, metrics={"loss": loss.item()}, force=True)
         manager.wait_until_finished()
         elapsed = time.perf_counter() - began

@@ -74,6 +74,39 @@ def disk_full(directory: str) -> None:
     print(json.dumps(report), flush=True)
 
 
+def waiters_disk_full(directory: str) -> None:
+    """Three threads wait while a save fails on a real EFBIG; report what each saw, and
+    what the training loop's next save saw."""
+    import threading
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = 2 << 20
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    manager = CheckpointManager(directory, CheckpointManagerOptions(retention=KeepAll()))
+    manager.save(0, state_for_step(0, 8.0))  # too big: its write fails in the background
+    seen: dict[str, object] = {}
+
+    def wait(name: str) -> None:
+        try:
+            manager.wait_until_finished()
+            seen[name] = None
+        except OSError as exc:
+            seen[name] = exc.errno
+
+    threads = [threading.Thread(target=wait, args=(f"waiter{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        manager.save(1, state_for_step(1, 0.5))
+        seen["next_save"] = None
+    except OSError as exc:
+        seen["next_save"] = exc.errno
+    manager.close()
+    print(json.dumps(seen), flush=True)
+
+
 def hold_writer(directory: str) -> None:
     manager = CheckpointManager(directory)
     print("locked", flush=True)
@@ -118,6 +151,7 @@ if __name__ == "__main__":
         "save-loop": save_loop,
         "disk-full": disk_full,
         "hold-writer": hold_writer,
+        "waiters-disk-full": waiters_disk_full,
         "writer-prune": writer_prune,
         "reader": reader,
     }

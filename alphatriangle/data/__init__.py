@@ -27,11 +27,24 @@ from alphatriangle.data.retention import (
     RetentionPolicy,
     StepInfo,
 )
+from alphatriangle.data.save_decision import (
+    AllSave,
+    AnySave,
+    SaveContext,
+    SaveEvery,
+    SaveInitial,
+    SaveInterval,
+    SaveOnSteps,
+    SavePolicy,
+    SaveWhen,
+)
 from alphatriangle.data.writer import SaveHandle
 
 __all__ = [
     "AllOf",
+    "AllSave",
     "AnyOf",
+    "AnySave",
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointManager",
@@ -46,7 +59,14 @@ __all__ = [
     "KeepRecent",
     "LockTimeoutError",
     "RetentionPolicy",
+    "SaveContext",
+    "SaveEvery",
     "SaveHandle",
+    "SaveInitial",
+    "SaveInterval",
+    "SaveOnSteps",
+    "SavePolicy",
+    "SaveWhen",
     "StepExistsError",
     "StepInfo",
     "WeightsOnlyError",

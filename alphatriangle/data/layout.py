@@ -9,7 +9,8 @@
                                        put back at open if its replacement never landed
     .writer.lock, .writer.json         the writer lock and who holds it
 ```
-Only names matching ``step_<9+ digits>`` are steps; everything hidden is invisible to readers.
+Only directories named ``step_<9+ digits>`` that hold a manifest are steps; everything hidden
+is invisible to readers.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "MANIFEST_NAME",
     "Leftover",
+    "StepScan",
     "scan_leftovers",
     "scan_steps",
     "step_dir_name",
@@ -69,20 +72,40 @@ def trash_dir_name(step: int, *, replaced: bool = False) -> str:
     return _hidden_name(step, "old" if replaced else "del")
 
 
-def scan_steps(directory: Path) -> list[int]:
-    """Committed steps in ``directory``, ascending. Missing directory: no steps."""
+@dataclass(frozen=True)
+class StepScan:
+    """What :func:`scan_steps` found: committed ``steps`` (ascending), and the ``incomplete``
+    step-named directories that hold no manifest (empty, or copied in without one): those
+    are no steps, and nothing deletes them."""
+
+    steps: list[int]
+    incomplete: list[Path]
+
+
+def scan_steps(directory: Path) -> StepScan:
+    """Committed steps in ``directory``: ``step_<digits>`` directories (not links) holding a
+    non-empty regular ``manifest.json`` (one ``lstat`` each; its contents are verified when
+    the step is read). Missing directory: nothing."""
+    steps, incomplete = [], []
     try:
         with os.scandir(directory) as entries:
-            steps = [
-                step
-                for entry in entries
-                if (step := step_from_dir_name(entry.name)) is not None
-                and entry.is_dir(follow_symlinks=False)
-            ]
+            for entry in entries:
+                step = step_from_dir_name(entry.name)
+                if step is None or not entry.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    manifest = os.lstat(os.path.join(entry.path, MANIFEST_NAME))  # noqa: PTH118
+                    complete = stat.S_ISREG(manifest.st_mode) and manifest.st_size > 0
+                except FileNotFoundError:
+                    complete = False
+                if complete:
+                    steps.append(step)
+                else:
+                    incomplete.append(Path(entry.path))
     except FileNotFoundError:
-        return []
+        return StepScan([], [])
     steps.sort()
-    return steps
+    return StepScan(steps, sorted(incomplete))
 
 
 @dataclass(frozen=True)

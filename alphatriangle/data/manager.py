@@ -34,6 +34,7 @@ from alphatriangle.data.locking import StepGoneError, WriterLock, reader_lease, 
 from alphatriangle.data.options import CheckpointManagerOptions
 from alphatriangle.data.reading import read_item, read_manifest, verify_step
 from alphatriangle.data.retention import StepInfo, best_of
+from alphatriangle.data.save_decision import SaveContext
 from alphatriangle.data.staging import HostBuffer, StagedState, StagingPool, stage_state
 from alphatriangle.data.writer import BackgroundWriter, SaveHandle
 
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ITEM = "state"
 _RESTORE_ATTEMPTS = 16
+_BLOCKED_WARNING_MS = 1.0
 
 
 class CheckpointManager:
@@ -80,6 +82,8 @@ class CheckpointManager:
         self._save_lock = threading.Lock()
         self._infos: dict[int, StepInfo | None] = {}  # committed steps; info once read
         self._in_flight: set[int] = set()
+        self._last_saved: tuple[int, float] | None = None  # step, wall time: save policies
+        self._warned_incomplete: set[Path] = set()
         self._closed = False
         self._close_lock = threading.Lock()
         self._lock: WriterLock | None = None
@@ -121,8 +125,30 @@ class CheckpointManager:
     # -- saving ---------------------------------------------------------------------------
 
     def should_save(self, step: int) -> bool:
-        """Whether ``save(step, ...)`` would write (without ``force``)."""
-        return step % self.options.save_interval_steps == 0
+        """Whether ``save(step, ...)`` would write without ``force``: the save policy says the
+        step is due, it is not committed or in flight, and this manager can write."""
+        if self.options.read_only or self._closed:
+            return False
+        with self._state_lock:
+            if step in self._infos or step in self._in_flight:
+                return False
+        return self._due(step)
+
+    def _due(self, step: int) -> bool:
+        with self._state_lock:
+            last = self._last_saved
+        context = SaveContext(
+            step=step,
+            now=self._clock(),
+            last_step=None if last is None else last[0],
+            last_time=None if last is None else last[1],
+        )
+        return self.options.save_decision().should_save(context)
+
+    def saving_in_progress(self) -> bool:
+        """Whether a save is staged and not yet committed (or failed)."""
+        with self._state_lock:
+            return bool(self._in_flight)
 
     def save(
         self,
@@ -131,20 +157,34 @@ class CheckpointManager:
         *,
         metrics: Mapping[str, float] | None = None,
         force: bool = False,
+        replace: bool = False,
     ) -> SaveHandle | None:
         """Snapshot ``state`` as ``step`` and write it in the background.
 
         Returns a :class:`SaveHandle` (``staged`` is already done), or None when the step is
-        not due (``save_interval_steps``) or was skipped because the queue is full
-        (``on_full="skip"``). With ``force``, any step is written, and an existing step is
-        replaced. Raises :class:`StepExistsError` for a step committed or in flight, the
-        first pending background failure, or whatever pickling a leaf raises.
+        not due (the save policy) or was skipped because the queue is full
+        (``on_full="skip"``). ``force`` writes a step that is not due (as Orbax's ``force``:
+        it never overwrites); ``replace`` overwrites a committed step (and implies
+        ``force``). Raises :class:`StepExistsError` for a step committed (without
+        ``replace``) or in flight, the pending background failure, or whatever pickling a
+        leaf raises. When the save must wait for an earlier one to finish, a warning gives
+        the wait in ms: checkpointing has become the bottleneck.
         """
         writer, pool = self._writable()
         writer.raise_error(clear=True)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
-        if not force and not self.should_save(step):
+        with self._state_lock:
+            exists = step in self._infos
+            if (exists and not replace) or step in self._in_flight:
+                raise StepExistsError(
+                    f"step {step} already exists in {self.directory}"
+                    + ("" if exists else " (in flight)")
+                    + "; pass replace=True to overwrite a committed step",
+                    path=self.directory / step_dir_name(step),
+                    step=step,
+                )
+        if not (force or replace) and not self._due(step):
             return None
         checked_metrics = _check_metrics(metrics)
         with self._save_lock:
@@ -152,14 +192,22 @@ class CheckpointManager:
             # here after it must not queue a job that nothing would run.
             self._check_open()
             with self._state_lock:
-                if not force and (step in self._infos or step in self._in_flight):
+                if (step in self._infos and not replace) or step in self._in_flight:
                     raise StepExistsError(
-                        f"step {step} already exists in {self.directory}; "
-                        "pass force=True to replace it",
+                        f"step {step} already exists in {self.directory}",
                         path=self.directory / step_dir_name(step),
                         step=step,
                     )
+            waiting_since = time.perf_counter()
             buffer = pool.acquire(block=self.options.on_full == "wait")
+            waited_ms = (time.perf_counter() - waiting_since) * 1000
+            if waited_ms >= _BLOCKED_WARNING_MS:
+                logger.warning(
+                    "save of step %d waited %.0f ms for earlier saves to finish: "
+                    "checkpointing is the bottleneck (save less often, or raise max_pending)",
+                    step,
+                    waited_ms,
+                )
             if buffer is None:
                 self.skipped_steps.append(step)
                 logger.warning(
@@ -180,12 +228,14 @@ class CheckpointManager:
                     self._in_flight.add(step)
                 info = StepInfo(step, self._clock(), checked_metrics)
                 writer.submit(
-                    lambda: self._write_step(info, staged, force),
+                    lambda: self._write_step(info, staged, replace),
                     handle,
                     lambda: self._finish_save(info.step, staged.buffer, pool),
                     self._apply_retention,
                 )
                 queued = True
+                with self._state_lock:
+                    self._last_saved = (step, info.wall_time)
             finally:
                 if not queued:
                     self._finish_save(step, buffer, pool)
@@ -235,6 +285,44 @@ class CheckpointManager:
                 )
             time.sleep(0.01)
 
+    # -- deleting -------------------------------------------------------------------------
+
+    def delete(self, step: int) -> None:
+        """Delete a committed step now (for a rollback: restore an older step, delete the
+        newer ones, train on and save them again). Atomic like retention's deletions (renamed
+        out of sight, then removed), never under a reader: waits up to ``lock_timeout_s``
+        for readers to let go. Raises :class:`CheckpointNotFoundError` for a step that is
+        not committed, :class:`StepExistsError` for a step in flight, and
+        :class:`CheckpointError` when readers held it throughout."""
+        self._writable()
+        step_dir = self.directory / step_dir_name(step)
+        with self._state_lock:
+            if step in self._in_flight:
+                raise StepExistsError(f"step {step} is being saved", path=step_dir, step=step)
+            if step not in self._infos:
+                raise CheckpointNotFoundError(
+                    f"step {step} not found in {self.directory}", path=step_dir, step=step
+                )
+        deadline = time.monotonic() + self.options.lock_timeout_s
+        while not self._delete_step(step):
+            if not step_dir.exists():
+                break  # retention took it meanwhile
+            if time.monotonic() > deadline:
+                raise CheckpointError(
+                    f"cannot delete step {step}: readers held it for "
+                    f"{self.options.lock_timeout_s:g} s",
+                    path=step_dir,
+                    step=step,
+                )
+            time.sleep(0.01)
+        with self._state_lock:
+            self._infos.pop(step, None)
+            deleted_last = self._last_saved is not None and self._last_saved[0] == step
+        if deleted_last:  # policies now count from the newest step that is left
+            newest = self._newest_committed()
+            with self._state_lock:
+                self._last_saved = newest
+
     # -- retention ------------------------------------------------------------------------
 
     def _apply_retention(self) -> None:
@@ -247,8 +335,8 @@ class CheckpointManager:
         keep = self.options.retention.keep(infos, self._clock())
         keep |= protected | unreadable | {steps[-1]}
         for step in steps:
-            if step not in keep:
-                self._delete_step(step)
+            if step not in keep and not self._delete_step(step):
+                logger.info("step %d is being read; retention deletes it later", step)
 
     def _step_infos(self, steps: list[int], *, metadata: bool) -> tuple[list[StepInfo], set[int]]:
         """StepInfo of each step, with wall times and metrics when ``metadata`` (manifests are
@@ -276,16 +364,18 @@ class CheckpointManager:
             infos.append(info)
         return infos, unreadable
 
-    def _delete_step(self, step: int) -> None:
+    def _delete_step(self, step: int) -> bool:
+        """Take ``step`` out of sight and remove it; False when a reader holds it (or it is
+        gone already)."""
         step_dir = self.directory / step_dir_name(step)
         with try_take_step(step_dir) as taken:
             if not taken:
-                logger.info("step %d is being read; retention deletes it later", step)
-                return
+                return False
             trash = trash_step_dir(step_dir, step)
         with self._state_lock:
             self._infos.pop(step, None)
         remove_tree(trash)
+        return True
 
     def best_step(self) -> int | None:
         """The best committed step by the configured ranking (``best_metric``/``best_mode``,
@@ -433,10 +523,34 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def reload(self) -> None:
-        """Rescan the directory for committed steps."""
+        """Rescan the directory for committed steps. A step-named directory without a
+        manifest (empty, or copied in without one) is no step: it is left alone and named in
+        a warning (once)."""
         with self._state_lock:  # held across the scan: a commit meanwhile is never lost
-            found = scan_steps(self.directory)
-            self._infos = {step: self._infos.get(step) for step in found}
+            scan = scan_steps(self.directory)
+            self._infos = {step: self._infos.get(step) for step in scan.steps}
+            for path in scan.incomplete:
+                if path not in self._warned_incomplete:
+                    self._warned_incomplete.add(path)
+                    logger.warning(
+                        "%s has no manifest: it is not a committed step, and is left alone",
+                        path,
+                    )
+            if self._last_saved is None and not self.options.read_only:
+                self._last_saved = self._newest_committed()
+
+    def _newest_committed(self) -> tuple[int, float] | None:
+        """The newest committed step and its wall time (what save policies count from
+        before this manager's first save)."""
+        with self._state_lock:
+            if not self._infos:
+                return None
+            newest = max(self._infos)
+        try:
+            manifest = read_manifest(self.directory / step_dir_name(newest), newest)
+        except CheckpointCorruptError:
+            return (newest, float("-inf"))  # due by time; restoring it will say what is wrong
+        return (newest, manifest.wall_time)
 
     # -- finishing ------------------------------------------------------------------------
 

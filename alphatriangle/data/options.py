@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alphatriangle.data.retention import KeepBest, KeepLatest, RetentionPolicy
+from alphatriangle.data.save_decision import SaveEvery, SavePolicy
 from alphatriangle.data.signing import MIN_KEY_BYTES
 
 __all__ = ["CheckpointManagerOptions"]
@@ -15,6 +16,10 @@ __all__ = ["CheckpointManagerOptions"]
 class CheckpointManagerOptions(BaseModel):
     """Options, validated on construction; frozen.
 
+    - ``save_policy``: when ``save`` writes (see ``save_decision.py``):
+      ``SaveEvery(steps=N)``, ``SaveOnSteps([...])``, ``SaveInterval(seconds=S)``,
+      ``SaveInitial()``, ``SaveWhen(fn)``, composed with ``|`` and ``&``. Unset: every
+      ``save_interval_steps`` steps (its shorthand); give one or the other.
     - ``save_interval_steps``: ``save`` writes only steps divisible by it (``force=True``
       writes any step).
     - ``max_pending``: saves in flight at once (staged, not yet committed); each has its own
@@ -41,6 +46,7 @@ class CheckpointManagerOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     save_interval_steps: int = Field(default=1, ge=1)
+    save_policy: SavePolicy | None = None
     max_pending: int = Field(default=1, ge=1, le=64)
     on_full: Literal["wait", "skip"] = "wait"
     verify_on_restore: bool = True
@@ -54,6 +60,11 @@ class CheckpointManagerOptions(BaseModel):
 
     @model_validator(mode="after")
     def _best_metric_named(self) -> CheckpointManagerOptions:
+        if self.save_policy is not None and self.save_interval_steps != 1:
+            raise ValueError(
+                "give save_policy or save_interval_steps, not both "
+                "(save_interval_steps=N is the shorthand of save_policy=SaveEvery(steps=N))"
+            )
         if self.best_metric == "":
             raise ValueError("best_metric must name a metric, or be None")
         if self.signing_key is not None and len(self.signing_key) < MIN_KEY_BYTES:
@@ -62,6 +73,10 @@ class CheckpointManagerOptions(BaseModel):
                 f"(got {len(self.signing_key)}): a short key can be guessed"
             )
         return self
+
+    def save_decision(self) -> SavePolicy:
+        """The policy ``save`` follows: ``save_policy``, else ``SaveEvery(save_interval_steps)``."""
+        return self.save_policy or SaveEvery(self.save_interval_steps)
 
     def best_ranking(self) -> KeepBest | None:
         """The ranking ``best_step`` uses: the explicit ``best_metric``/``best_mode`` when

@@ -12,8 +12,10 @@ Policies compose like tenacity's stop conditions::
 keeps a step if *any* part keeps it; ``&`` keeps it only if *every* part does. Nested
 compositions are flattened, so ``a | b | c`` is one :class:`AnyOf` of three.
 
-Metrics that are NaN, infinite or missing never make a step "best": :class:`KeepBest` ignores
-such steps (another policy may still keep them).
+Metrics that are NaN, infinite or missing never make a step "best". :class:`KeepBest` keeps
+such *unranked* steps by default (``keep_unranked=True``, as Orbax keeps checkpoints saved
+without metrics): a step it cannot rank is never deleted on its account. With
+``keep_unranked=False`` it keeps only its ``k`` best (another policy may still keep the rest).
 """
 
 from __future__ import annotations
@@ -153,11 +155,13 @@ def best_of(
 @dataclass(frozen=True)
 class KeepBest(RetentionPolicy):
     """Keep the ``k`` steps with the best finite value of ``metric`` (``mode`` "min" for a
-    loss, "max" for a score)."""
+    loss, "max" for a score), and, with ``keep_unranked`` (the default), every step that has
+    no finite value of it."""
 
     k: int
     metric: str
     mode: Literal["min", "max"] = "min"
+    keep_unranked: bool = True
 
     def __post_init__(self) -> None:
         _require(
@@ -169,7 +173,10 @@ class KeepBest(RetentionPolicy):
         )
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
-        return set(best_of(steps, self.metric, self.mode, self.k))
+        kept = set(best_of(steps, self.metric, self.mode, self.k))
+        if self.keep_unranked:
+            kept |= {s.step for s in steps if _finite_metric(s, self.metric) is None}
+        return kept
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ class BackgroundWriter:
         self.name = name
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._error: BaseException | None = None
-        self._error_seen_by: set[int] = set()  # threads that were already raised the error
+        # Threads already raised the error (weakly: an ident could be reused by a new thread).
+        self._error_seen_by: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._error_lock = threading.Lock()
         self._idle = threading.Condition()
         self._pending: list[SaveHandle] = []
@@ -119,7 +120,7 @@ class BackgroundWriter:
         with self._error_lock:
             if self._error is None:
                 self._error = exc
-                self._error_seen_by = set()
+                self._error_seen_by = weakref.WeakSet()
             else:
                 logger.error("a later background failure too: %r", exc)
 
@@ -134,14 +135,14 @@ class BackgroundWriter:
         Waiters (``clear=False``) leave it pending: every waiting thread sees it, and so does
         the next ``clear=True`` caller (``save``, ``close``), which then forgets it; that
         caller is not raised it twice when its own thread already saw it while waiting."""
-        me = threading.get_ident()
+        me = threading.current_thread()
         with self._error_lock:
             error = self._error
             if error is None:
                 return
             seen = me in self._error_seen_by
             if clear:
-                self._error, self._error_seen_by = None, set()
+                self._error, self._error_seen_by = None, weakref.WeakSet()
             else:
                 self._error_seen_by.add(me)
         if not seen:

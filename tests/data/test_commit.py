@@ -46,7 +46,7 @@ def test_sweep_removes_temporary_and_trash_and_puts_back_an_orphaned_old_copy(
 def test_replacing_a_step_leaves_only_the_new_copy(ckpt_dir: Path) -> None:
     _committed(ckpt_dir, 5)
     with CheckpointManager(ckpt_dir) as manager:
-        manager.save(5, {"step": 50}, force=True)
+        manager.save(5, {"step": 50}, replace=True)
         manager.wait_until_finished()
         assert manager.restore(5) == {"step": 50}
     assert sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir()) == [step_dir_name(5)]

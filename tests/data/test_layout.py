@@ -46,14 +46,18 @@ def test_scan_finds_exactly_the_committed_steps(
     directory = tmp_path_factory.mktemp("scan")
     for step in steps:
         (directory / step_dir_name(step)).mkdir()
+        (directory / step_dir_name(step) / "manifest.json").write_text("{}")
         (directory / temporary_dir_name(step)).mkdir()
     for name in noise:
         (directory / name).mkdir()
-    (directory / "step_000000777").write_text("a file, not a step")
-    assert scan_steps(directory) == sorted(steps)
+    (directory / "step_900000000777").write_text("a file, not a step")
+    (directory / "step_900000000778").mkdir()  # no manifest: incomplete, no step
+    scan = scan_steps(directory)
+    assert scan.steps == sorted(steps)
+    assert scan.incomplete == [directory / "step_900000000778"]
     assert {leftover.step for leftover in scan_leftovers(directory)} == steps
 
 
 def test_scanning_a_missing_directory_finds_nothing(tmp_path: Path) -> None:
-    assert scan_steps(tmp_path / "absent") == []
+    assert scan_steps(tmp_path / "absent").steps == []
     assert scan_leftovers(tmp_path / "absent") == []

@@ -68,13 +68,16 @@ def test_reopen_sees_committed_steps(ckpt_dir: Path) -> None:
         assert_tree_equal(manager.restore(1), state_for_step(1))
 
 
-def test_existing_step_needs_force(ckpt_dir: Path) -> None:
+def test_existing_step_needs_replace_and_force_never_overwrites(ckpt_dir: Path) -> None:
+    # Orbax's force means "save even if not due" and never overwrites an existing step.
     with CheckpointManager(ckpt_dir) as manager:
         manager.save(1, {"v": torch.zeros(3)})
-        with pytest.raises(StepExistsError) as info:
-            manager.save(1, {"v": torch.ones(3)})
-        assert info.value.step == 1
-        manager.save(1, {"v": torch.ones(3)}, force=True)
+        manager.wait_until_finished()
+        for force in (False, True):
+            with pytest.raises(StepExistsError) as info:
+                manager.save(1, {"v": torch.ones(3)}, force=force)
+            assert info.value.step == 1
+        manager.save(1, {"v": torch.ones(3)}, replace=True)
         manager.wait_until_finished()
         assert torch.equal(manager.restore(1)["v"], torch.ones(3))
         assert manager.all_steps() == [1]

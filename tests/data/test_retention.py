@@ -57,10 +57,14 @@ STEPS = _infos(
         (KeepLatest(0), set()),
         (KeepLatest(50), {100, 200, 300, 400, 500, 1000, 1100}),
         (KeepEvery(steps=500), {500, 1000}),
-        (KeepBest(2, metric="loss", mode="min"), {300, 1100}),  # tie: both at 1.0
-        (KeepBest(1, metric="loss", mode="min"), {1100}),  # tie goes to the newer
-        (KeepBest(1, metric="loss", mode="max"), {100}),  # inf and NaN never best
-        (KeepBest(3, metric="accuracy"), set()),  # missing everywhere
+        (KeepBest(2, "loss", "min", keep_unranked=False), {300, 1100}),  # tie: both at 1.0
+        (KeepBest(1, "loss", "min", keep_unranked=False), {1100}),  # tie goes to the newer
+        (KeepBest(1, "loss", "max", keep_unranked=False), {100}),  # inf and NaN never best
+        (KeepBest(3, metric="accuracy", keep_unranked=False), set()),  # missing everywhere
+        # Orbax keeps checkpoints saved without the metric (keep_checkpoints_without_metrics,
+        # its default); so does KeepBest by default: NaN, inf and missing are unranked.
+        (KeepBest(1, metric="loss", mode="min"), {200, 400, 500, 1100}),
+        (KeepBest(3, metric="accuracy"), {100, 200, 300, 400, 500, 1000, 1100}),
         (KeepInterval(seconds=25), {100, 400, 1100}),
         (KeepRecent(seconds=15), {1000, 1100}),
         (KeepLatest(1) | KeepEvery(steps=1000), {1000, 1100}),
@@ -125,7 +129,7 @@ def test_best_step_and_default_retention(ckpt_dir: Path) -> None:
         for step, loss in enumerate([5.0, 1.0, math.nan, 3.0, 4.0]):
             manager.save(step, {"step": step}, metrics={"loss": loss})
         manager.wait_until_finished()
-        assert manager.all_steps() == [1, 4]
+        assert manager.all_steps() == [1, 2, 4]  # 2 (NaN) is unranked: kept by default
         assert manager.best_step() == 1
     explicit = CheckpointManagerOptions(best_metric="loss", best_mode="max", retention=KeepAll())
     with CheckpointManager(ckpt_dir, explicit) as manager:
@@ -166,7 +170,10 @@ def _reference_keep(policy: RetentionPolicy, infos: Sequence[StepInfo], now: flo
             if policy.metric in i.metrics and math.isfinite(i.metrics[policy.metric])
         ]
         best = sorted(ranked, key=lambda p: (p[0] if policy.mode == "min" else -p[0], -p[1]))
-        return {step for _, step in best[: policy.k]}
+        unranked = {i.step for i in infos if i.step not in {s for _, s in ranked}}
+        return {step for _, step in best[: policy.k]} | (
+            unranked if policy.keep_unranked else set()
+        )
     if isinstance(policy, AnyOf):
         return set().union(*(_reference_keep(p, infos, now) for p in policy.policies))
     if isinstance(policy, AllOf):
@@ -180,7 +187,13 @@ def _reference_keep(policy: RetentionPolicy, infos: Sequence[StepInfo], now: flo
 _simple = st.one_of(
     st.builds(KeepLatest, st.integers(0, 4)),
     st.builds(KeepEvery, steps=st.integers(1, 5)),
-    st.builds(KeepBest, st.integers(1, 3), st.just("loss"), st.sampled_from(["min", "max"])),
+    st.builds(
+        KeepBest,
+        st.integers(1, 3),
+        st.just("loss"),
+        st.sampled_from(["min", "max"]),
+        keep_unranked=st.booleans(),
+    ),
     st.builds(KeepInterval, seconds=st.integers(1, 30)),
     st.builds(KeepRecent, seconds=st.integers(1, 30)),
 )
