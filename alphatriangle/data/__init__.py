@@ -15,6 +15,7 @@ from alphatriangle.data.errors import (
 )
 from alphatriangle.data.manager import CheckpointManager
 from alphatriangle.data.options import CheckpointManagerOptions
+from alphatriangle.data.reading import ArrayMetadata, PickledObject
 from alphatriangle.data.retention import (
     AllOf,
     AnyOf,
@@ -45,6 +46,7 @@ __all__ = [
     "AllSave",
     "AnyOf",
     "AnySave",
+    "ArrayMetadata",
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointManager",
@@ -58,6 +60,7 @@ __all__ = [
     "KeepLatest",
     "KeepRecent",
     "LockTimeoutError",
+    "PickledObject",
     "RetentionPolicy",
     "SaveContext",
     "SaveEvery",

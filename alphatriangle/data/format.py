@@ -117,24 +117,40 @@ def _write_direct(path: Path, padded: memoryview, size: int) -> bool:
     return True
 
 
+def _checksum(
+    view: memoryview, hasher: Any, regions: list[tuple[int, int]], digests: list[str]
+) -> None:
+    hasher.update(view)
+    digests.extend(xxhash.xxh3_64_hexdigest(view[o : o + n]) for o, n in regions)
+
+
 def _write_file(
-    path: Path, data: memoryview | bytes, padded: memoryview | None = None, *, signed: bool
+    path: Path,
+    data: memoryview | bytes,
+    padded: memoryview | None = None,
+    *,
+    signed: bool,
+    regions: list[tuple[int, int]] | None = None,
+    region_digests: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write, fsync and checksum one new file. Large files are hashed on other threads while
     they are written (all release the GIL); given ``padded`` (the same bytes, page aligned and
     padded to whole pages), the write goes straight to the device with O_DIRECT, sparing the
-    CPU a copy into the page cache. ``signed`` adds a SHA-256 digest to the entry."""
+    CPU a copy into the page cache. ``signed`` adds a SHA-256 digest to the entry. For each
+    (offset, size) of ``regions``, the xxh3 of those bytes is appended to ``region_digests``
+    (per-array checksums, for partial restores)."""
     view = memoryview(data).cast("B")
     hasher = xxhash.xxh3_64()
     digest = ChunkedDigest() if signed else None
     if digest is not None:
         digest.update(view)  # its chunks hash on the pool's threads meanwhile
     hashing = None
-    if view.nbytes >= (1 << 20):
-        hashing = threading.Thread(target=hasher.update, args=(view,), name="checksum")
+    arguments = (view, hasher, regions or [], region_digests if region_digests is not None else [])
+    if view.nbytes >= (1 << 20) or len(arguments[2]) > 64:
+        hashing = threading.Thread(target=_checksum, args=arguments, name="checksum")
         hashing.start()
     else:
-        hasher.update(view)
+        _checksum(*arguments)
     try:
         if padded is None or not _O_DIRECT or not _write_direct(path, padded, view.nbytes):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -170,10 +186,20 @@ def write_step_files(
     signed = signing_key is not None
     files: dict[str, Any] = {}
     for name, staged in items.items():
+        array_digests: list[str] = []
         files[f"{name}.data"] = _write_file(
-            directory / f"{name}.data", staged.data(), staged.page_padded_data(), signed=signed
+            directory / f"{name}.data",
+            staged.data(),
+            staged.page_padded_data(),
+            signed=signed,
+            regions=[(a.offset, a.nbytes) for a in staged.arrays],
+            region_digests=array_digests,
         )
-        index = {"tree": staged.tree, "arrays": [a.to_json() for a in staged.arrays]}
+        arrays = [
+            {**a.to_json(), CHECKSUM: digest}
+            for a, digest in zip(staged.arrays, array_digests, strict=True)
+        ]
+        index = {"tree": staged.tree, "arrays": arrays}
         files[f"{name}.index.json"] = _write_file(
             directory / f"{name}.index.json", canonical(index), signed=signed
         )

@@ -6,7 +6,8 @@ import logging
 import numbers
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,7 +33,14 @@ from alphatriangle.data.format import write_step_files
 from alphatriangle.data.layout import scan_steps, step_dir_name
 from alphatriangle.data.locking import StepGoneError, WriterLock, reader_lease, try_take_step
 from alphatriangle.data.options import CheckpointManagerOptions
-from alphatriangle.data.reading import read_item, read_manifest, verify_step
+from alphatriangle.data.reading import (
+    Selector,
+    read_array_metadata,
+    read_item,
+    read_manifest,
+    read_selected,
+    verify_step,
+)
 from alphatriangle.data.retention import StepInfo, best_of
 from alphatriangle.data.save_decision import SaveContext
 from alphatriangle.data.staging import HostBuffer, StagedState, StagingPool, stage_state
@@ -45,6 +53,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_ITEM = "state"
 _RESTORE_ATTEMPTS = 16
 _BLOCKED_WARNING_MS = 1.0
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """How one restore reads (passed through its retries and fallbacks)."""
+
+    map_location: Any
+    weights_only: bool
+    select: list[Selector] | None
 
 
 class CheckpointManager:
@@ -400,6 +417,7 @@ class CheckpointManager:
         map_location: Any = None,
         fallback: bool = False,
         weights_only: bool | None = None,
+        select: Sequence[Selector] | None = None,
     ) -> Any:
         """The state tree saved as ``step`` (the newest committed step when None).
 
@@ -417,17 +435,22 @@ class CheckpointManager:
         holding pickled objects raises :class:`WeightsOnlyError` naming them. With a
         ``signing_key`` in the options, an unsigned or tampered step raises
         :class:`CheckpointSignatureError` (a corrupt step, for ``fallback``).
+
+        With ``select`` (top-level keys, or tuples of keys for deeper paths, e.g.
+        ``["model"]``), only those subtrees are read, returned as nested dicts along their
+        paths; each of their arrays is read alone and verified by its own checksum.
         """
         if fallback and step is not None:
             raise ValueError("fallback restores the newest intact step: pass step=None")
         if weights_only is None:
             weights_only = self.options.weights_only
+        reading = _Reading(map_location, weights_only, None if select is None else list(select))
         if not fallback:
-            return self._restore(step, map_location, weights_only)
+            return self._restore(step, reading)
         first_error: CheckpointCorruptError | None = None
         for candidate in reversed(self.all_steps()):
             try:
-                state = self._restore(candidate, map_location, weights_only)
+                state = self._restore(candidate, reading)
             except CheckpointCorruptError as exc:
                 logger.error("skipping corrupt step %d: %s", candidate, exc)
                 first_error = first_error or exc
@@ -442,9 +465,9 @@ class CheckpointManager:
             return state
         if first_error is not None:
             raise first_error
-        return self._restore(None, map_location, weights_only)  # nothing committed: the error
+        return self._restore(None, reading)  # nothing committed: the usual error
 
-    def _restore(self, step: int | None, map_location: Any, weights_only: bool) -> Any:
+    def _restore(self, step: int | None, reading: _Reading) -> Any:
         self._check_open()
         for _ in range(_RESTORE_ATTEMPTS):
             candidate = step if step is not None else self.latest_step()
@@ -457,13 +480,25 @@ class CheckpointManager:
                 with reader_lease(step_dir):
                     key = self.options.signing_key
                     manifest = read_manifest(step_dir, candidate, signing_key=key)
+                    verify = self.options.verify_on_restore
+                    if reading.select is not None:
+                        return read_selected(
+                            step_dir,
+                            manifest,
+                            DEFAULT_ITEM,
+                            reading.select,
+                            verify=verify,
+                            map_location=reading.map_location,
+                            weights_only=reading.weights_only,
+                            signing_key=key,
+                        )
                     return read_item(
                         step_dir,
                         manifest,
                         DEFAULT_ITEM,
-                        verify=self.options.verify_on_restore,
-                        map_location=map_location,
-                        weights_only=weights_only,
+                        verify=verify,
+                        map_location=reading.map_location,
+                        weights_only=reading.weights_only,
                         signing_key=key,
                     )
             except StepGoneError:
@@ -477,6 +512,28 @@ class CheckpointManager:
             "before it could be read",
             path=self.directory,
         )
+
+    def array_metadata(self, step: int | None = None) -> Any:
+        """The state tree of ``step`` (the newest when None) with each tensor and array
+        replaced by its :class:`ArrayMetadata` (framework, dtype, shape, bytes, device) and
+        each pickled leaf by a :class:`PickledObject`: read from the index alone, without
+        reading array data or unpickling anything."""
+        self._check_open()
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointNotFoundError(
+                f"no committed checkpoint in {self.directory}", path=self.directory
+            )
+        step_dir = self.directory / step_dir_name(step)
+        key = self.options.signing_key
+        try:
+            with reader_lease(step_dir):
+                manifest = read_manifest(step_dir, step, signing_key=key)
+                return read_array_metadata(step_dir, manifest, DEFAULT_ITEM, signing_key=key)
+        except StepGoneError:
+            raise CheckpointNotFoundError(
+                f"step {step} not found in {self.directory}", path=step_dir, step=step
+            ) from None
 
     def verify(self, step: int) -> None:
         """Check every file of ``step`` (sizes, checksums, signature when a key is set) and

@@ -22,6 +22,7 @@ too, and an unsigned or tampered step raises
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,8 @@ import re
 import stat
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,15 @@ from alphatriangle.data.signing import (
 )
 from alphatriangle.data.tree import TreeError, decode_tree, unpickle_objects
 
-__all__ = ["read_item", "read_manifest", "verify_step"]
+__all__ = [
+    "ArrayMetadata",
+    "PickledObject",
+    "read_array_metadata",
+    "read_item",
+    "read_manifest",
+    "read_selected",
+    "verify_step",
+]
 
 MAX_MANIFEST_BYTES = 64 << 20
 _READ_CHUNK = 64 << 20
@@ -401,9 +411,16 @@ def _parse_spec(entry: object) -> ArraySpec:
     )
 
 
+@dataclass(frozen=True)
+class _Index:
+    tree: Any
+    specs: list[ArraySpec]
+    checksums: list[str | None]  # per array (steps written before they existed: None)
+
+
 def _read_index(
     step_dir: Path, manifest: Manifest, item: str, *, verify: bool, signed: bool
-) -> tuple[Any, list[ArraySpec]]:
+) -> _Index:
     """The item's tree and array table, each array checked to lie in the data file, and the
     data file's listed size checked to end where the last array ends."""
     name = f"{item}.index.json"
@@ -415,12 +432,18 @@ def _read_index(
         raise _corrupt(path, manifest.step, "not an index (no array table)")
     if "tree" not in index:
         raise _corrupt(path, manifest.step, "not an index (no tree)")
-    specs = []
+    specs, checksums = [], []
     for position, entry in enumerate(index["arrays"]):
         try:
             specs.append(_parse_spec(entry))
         except ValueError as exc:
             raise _corrupt(path, manifest.step, f"array {position}: {exc}") from None
+        checksum = entry.get(CHECKSUM)
+        if checksum is not None and not (
+            isinstance(checksum, str) and _HEX_RE[CHECKSUM].match(checksum)
+        ):
+            raise _corrupt(path, manifest.step, f"array {position}: bad {CHECKSUM}")
+        checksums.append(checksum)
     data_size: int = manifest.files[f"{item}.data"]["size"]
     end = max((s.offset + s.nbytes for s in specs), default=0)
     if end != data_size:
@@ -429,7 +452,7 @@ def _read_index(
             manifest.step,
             f"its arrays end at byte {end}, but {item}.data is listed with {data_size} bytes",
         )
-    return index["tree"], specs
+    return _Index(index["tree"], specs, checksums)
 
 
 def _object_paths(node: Any, where: str, found: list[str]) -> None:
@@ -503,7 +526,8 @@ def read_item(
     if item not in manifest.items:
         raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
     signed = signing_key is not None
-    tree, specs = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    tree, specs = index.tree, index.specs
     objects_name = f"{item}.objects.pkl"
     if weights_only and objects_name in manifest.files:
         where: list[str] = []
@@ -593,9 +617,320 @@ def verify_step(step_dir: Path, manifest: Manifest, *, signing_key: bytes | None
     for name in manifest.files:
         _check_file(step_dir / name, manifest.files[name], manifest.step, signed=signed)
     for item in manifest.items:
-        tree, specs = _read_index(step_dir, manifest, item, verify=False, signed=signed)
+        index = _read_index(step_dir, manifest, item, verify=False, signed=signed)
         objects = _UncountedObjects() if f"{item}.objects.pkl" in manifest.files else None
         try:
-            decode_tree(tree, [None] * len(specs), objects)
+            decode_tree(index.tree, [None] * len(index.specs), objects)
         except TreeError as exc:
             raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+
+
+# -- partial reads and metadata ---------------------------------------------------------------
+
+Selector = str | int | tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ArrayMetadata:
+    """What :func:`read_array_metadata` says of one tensor or array, without reading it."""
+
+    framework: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class PickledObject:
+    """Stands for a pickled leaf in :func:`read_array_metadata` (never unpickled there)."""
+
+    index: int
+
+
+class _PickledPlaceholders(list[Any]):
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, index: Any) -> PickledObject:  # type: ignore[override]
+        return PickledObject(int(index))
+
+
+def read_array_metadata(
+    step_dir: Path, manifest: Manifest, item: str, *, signing_key: bytes | None = None
+) -> Any:
+    """The item's tree with every tensor and array replaced by its :class:`ArrayMetadata`
+    and every pickled leaf by a :class:`PickledObject`: shapes and dtypes, from the index
+    alone (verified), without reading the data file or unpickling anything."""
+    if item not in manifest.items:
+        raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
+    index = _read_index(step_dir, manifest, item, verify=True, signed=signing_key is not None)
+    arrays = [ArrayMetadata(s.framework, s.dtype, s.shape, s.nbytes, s.device) for s in index.specs]
+    objects = _PickledPlaceholders() if f"{item}.objects.pkl" in manifest.files else None
+    try:
+        return decode_tree(index.tree, arrays, objects)
+    except TreeError as exc:
+        raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+
+
+def _key(node: Any) -> Any:
+    return decode_tree(node, [], None)  # keys are scalars or tuples of them
+
+
+def _child(node: Any, key: Any) -> Any:
+    """The tree node under ``key`` of a container node; KeyError when there is none."""
+    if isinstance(node, dict) and len(node) == 1:
+        ((tag, body),) = node.items()
+        if tag in ("d", "od") and isinstance(body, list):
+            for pair in body:
+                if isinstance(pair, list) and len(pair) == 2 and _key(pair[0]) == key:
+                    return pair[1]
+        elif tag in ("da", "oda") and isinstance(body, list) and len(body) == 2:
+            first, keys = body
+            if isinstance(keys, list) and key in keys and type(first) is int:
+                return {"a": first + keys.index(key)}
+        elif (
+            tag in ("l", "t")
+            and isinstance(body, list)
+            and type(key) is int
+            and -len(body) <= key < len(body)
+        ):
+            return body[key]
+    raise KeyError(key)
+
+
+def _references(node: Any, arrays: set[int]) -> bool:
+    """Add the arrays ``node`` refers to; whether it holds pickled objects."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return False
+    ((tag, body),) = node.items()
+    if tag == "a" and type(body) is int:
+        arrays.add(body)
+        return False
+    if tag == "o":
+        return True
+    if tag in ("da", "oda") and isinstance(body, list) and len(body) == 2:
+        first, keys = body
+        if type(first) is int and isinstance(keys, list):
+            arrays.update(range(first, first + len(keys)))
+        return False
+    objects = False
+    if tag in ("l", "t") and isinstance(body, list):
+        for value in body:
+            objects |= _references(value, arrays)
+    elif tag in ("d", "od") and isinstance(body, list):
+        for pair in body:
+            if isinstance(pair, list) and len(pair) == 2:
+                objects |= _references(pair[0], arrays) | _references(pair[1], arrays)
+    return objects
+
+
+ALIGNMENT_GAP = 4096  # arrays closer than this are read in one go, gap included
+
+
+def _end(spec: ArraySpec) -> int:
+    return spec.offset + spec.nbytes
+
+
+class _ArrayReader(list[Any]):
+    """The item's arrays, each read from the data file (``pread``) and verified against its
+    own checksum the first time it is asked for: a partial restore reads only those bytes."""
+
+    def __init__(
+        self, fd: int, path: Path, index: _Index, step: int, *, finish: Any, verify: bool
+    ) -> None:
+        super().__init__()
+        self._fd, self._path, self._index, self._step = fd, path, index, step
+        self._finish, self._verify = finish, verify
+        self._loaded: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._index.specs)
+
+    def prefetch(self, positions: set[int]) -> None:
+        """Read the arrays at ``positions`` with as few reads as their layout allows (runs
+        of neighbouring arrays in one read, into one allocation), hashing each run on a
+        second thread while the next is read."""
+        specs = self._index.specs
+        order = sorted((p for p in positions if specs[p].nbytes), key=lambda p: specs[p].offset)
+        runs: list[list[int]] = []
+        for position in order:
+            if runs and specs[position].offset - _end(specs[runs[-1][-1]]) < ALIGNMENT_GAP:
+                runs[-1].append(position)
+            else:
+                runs.append([position])
+        total = sum(_end(specs[r[-1]]) - specs[r[0]].offset for r in runs)
+        arena = np.empty(total, dtype=np.uint8)
+        hashing: queue.SimpleQueue[tuple[int, memoryview] | None] = queue.SimpleQueue()
+        mismatches: list[int] = []
+
+        def check() -> None:
+            while (entry := hashing.get()) is not None:
+                position, view = entry
+                if xxhash.xxh3_64_hexdigest(view) != self._index.checksums[position]:
+                    mismatches.append(position)
+
+        checker = threading.Thread(target=check, name="checksum", daemon=True)
+        if self._verify:
+            checker.start()
+        start = 0
+        views: dict[int, tuple[memoryview, np.ndarray[Any, np.dtype[np.uint8]]]] = {}
+        try:
+            for run in runs:
+                first = specs[run[0]].offset
+                length = _end(specs[run[-1]]) - first
+                region = arena[start : start + length]
+                self._pread(region.data, first)
+                for position in run:
+                    offset = specs[position].offset - first
+                    piece = region[offset : offset + specs[position].nbytes]
+                    views[position] = (piece.data, piece)
+                    if self._verify:
+                        hashing.put((position, piece.data))
+                start += length
+        finally:
+            if self._verify:
+                hashing.put(None)
+                checker.join()
+        if mismatches:
+            why = f"checksum mismatch ({CHECKSUM}) of array {min(mismatches)}"
+            raise _corrupt(self._path, self._step, why)
+        for position, (_, piece) in views.items():
+            self._loaded[position] = self._build(position, piece)
+
+    def _pread(self, view: memoryview, offset: int) -> None:
+        filled = 0
+        while filled < view.nbytes:
+            got = os.preadv(self._fd, [view[filled:]], offset + filled)
+            if not got:
+                raise _corrupt(self._path, self._step, "truncated while reading")
+            filled += got
+
+    def _build(self, position: int, buffer: np.ndarray[Any, np.dtype[np.uint8]]) -> Any:
+        spec = self._index.specs[position]
+        array = _array_in(buffer, dataclasses.replace(spec, offset=0))
+        if spec.framework == "torch":
+            array = self._finish(array, spec)
+        return array
+
+    def __getitem__(self, position: Any) -> Any:
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(len(self)))]
+        position = int(position)
+        if position in self._loaded:
+            return self._loaded[position]
+        spec = self._index.specs[position]
+        buffer = np.empty(spec.nbytes, dtype=np.uint8)
+        self._pread(buffer.data, spec.offset)
+        expected = self._index.checksums[position]
+        if self._verify and xxhash.xxh3_64_hexdigest(buffer.data) != expected:
+            why = f"checksum mismatch ({CHECKSUM}) of array {position}"
+            raise _corrupt(self._path, self._step, why)
+        self._loaded[position] = self._build(position, buffer)
+        return self._loaded[position]
+
+
+def read_selected(
+    step_dir: Path,
+    manifest: Manifest,
+    item: str,
+    select: Sequence[Selector],
+    *,
+    verify: bool = True,
+    map_location: Any = None,
+    weights_only: bool = False,
+    signing_key: bytes | None = None,
+) -> dict[Any, Any]:
+    """The selected subtrees of one item, as nested dicts along their paths: ``"model"`` is
+    the top-level key ``model``, ``("optimizer", "state")`` a nested one, an int an index of
+    a list. Only the bytes of the arrays under the selection are read, each verified by its
+    own checksum; pickled objects are unpickled only when a selected subtree holds one.
+
+    A step without per-array checksums, or any read with a signing key (xxh3 of a part is no
+    signature), reads and verifies the whole item instead. Raises KeyError naming a path that
+    the item does not have, and what :func:`read_item` raises."""
+    if item not in manifest.items:
+        raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
+    signed = signing_key is not None
+    index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    paths = [tuple(s) if isinstance(s, tuple) else (s,) for s in select]
+    nodes = []
+    for path in paths:
+        node = index.tree
+        for depth, key in enumerate(path):
+            try:
+                node = _child(node, key)
+            except KeyError:
+                raise KeyError(
+                    f"step {manifest.step} item {item!r} has no {path[: depth + 1]}"
+                ) from None
+        nodes.append(node)
+    needed: set[int] = set()
+    holds_objects = any([_references(node, needed) for node in nodes])
+    if signed or (verify and any(index.checksums[i] is None for i in needed)):
+        whole = read_item(
+            step_dir,
+            manifest,
+            item,
+            verify=verify,
+            map_location=map_location,
+            weights_only=weights_only,
+            signing_key=signing_key,
+        )
+        values = []
+        for path in paths:
+            value = whole
+            for key in path:
+                value = value[key]
+            values.append(value)
+        return _assemble(paths, values)
+    objects_name = f"{item}.objects.pkl"
+    if holds_objects and weights_only:
+        raise WeightsOnlyError(
+            f"the selection holds pickled objects ({step_dir / objects_name}); "
+            "weights_only=True refuses to unpickle them",
+            path=step_dir / objects_name,
+            step=manifest.step,
+        )
+    data_path = step_dir / f"{item}.data"
+    fd, size = _open_regular(data_path, manifest.step)
+    try:
+        listed = manifest.files[f"{item}.data"]["size"]
+        if size != listed:
+            raise _corrupt(data_path, manifest.step, f"size {size} bytes, manifest says {listed}")
+
+        def finish(tensor: torch.Tensor, spec: ArraySpec) -> torch.Tensor:
+            return _finish_tensor(tensor, spec, map_location, step_dir, manifest.step)
+
+        arrays = _ArrayReader(fd, data_path, index, manifest.step, finish=finish, verify=verify)
+        arrays.prefetch(needed)
+        objects = None
+        if holds_objects:
+            data = _read_small(step_dir, manifest, objects_name, verify=verify, signed=False)
+            try:
+                objects = unpickle_objects(data, arrays)
+            except CheckpointCorruptError:
+                raise
+            except Exception as exc:
+                raise _corrupt(
+                    step_dir / objects_name,
+                    manifest.step,
+                    f"cannot unpickle its objects ({type(exc).__name__}: {exc})",
+                ) from exc
+        try:
+            values = [decode_tree(node, arrays, objects) for node in nodes]
+        except TreeError as exc:
+            raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+    finally:
+        os.close(fd)
+    return _assemble(paths, values)
+
+
+def _assemble(paths: list[tuple[Any, ...]], values: list[Any]) -> dict[Any, Any]:
+    result: dict[Any, Any] = {}
+    for path, value in zip(paths, values, strict=True):
+        node = result
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return result
