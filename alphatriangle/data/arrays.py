@@ -51,7 +51,12 @@ _RAW_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """Where one tensor or array lies in the data file, and how to rebuild it."""
+    """Where one tensor or array lies in the data file, and how to rebuild it.
+
+    Three kinds: a plain array (its bytes at ``offset``); a ``storage`` (the bytes of a torch
+    storage that several tensors share, as uint8); a view (``view_of`` names the storage
+    entry; ``stride`` and ``storage_offset``, in elements, place it there; it has no bytes of
+    its own)."""
 
     framework: Literal["torch", "numpy"]
     dtype: str  # torch: a key of TORCH_DTYPES; numpy: dtype.str, e.g. "<f4"
@@ -61,8 +66,25 @@ class ArraySpec:
     device: str = "cpu"
     requires_grad: bool = False
     parameter: bool = False
+    storage: bool = False
+    view_of: int | None = None
+    stride: tuple[int, ...] | None = None
+    storage_offset: int = 0
 
     def to_json(self) -> dict[str, Any]:
+        if self.view_of is not None:
+            assert self.stride is not None
+            return {
+                "framework": "torch",
+                "dtype": self.dtype,
+                "shape": list(self.shape),
+                "view_of": self.view_of,
+                "stride": list(self.stride),
+                "storage_offset": self.storage_offset,
+                "device": self.device,
+                "requires_grad": self.requires_grad,
+                "parameter": self.parameter,
+            }
         out: dict[str, Any] = {
             "framework": self.framework,
             "dtype": self.dtype,
@@ -74,6 +96,8 @@ class ArraySpec:
             out.update(
                 device=self.device, requires_grad=self.requires_grad, parameter=self.parameter
             )
+        if self.storage:
+            out["storage"] = True
         return out
 
     @classmethod

@@ -196,7 +196,7 @@ def write_step_files(
             region_digests=array_digests,
         )
         arrays = [
-            {**a.to_json(), CHECKSUM: digest}
+            a.to_json() if a.view_of is not None else {**a.to_json(), CHECKSUM: digest}
             for a, digest in zip(staged.arrays, array_digests, strict=True)
         ]
         index = {"tree": staged.tree, "arrays": arrays}

@@ -370,12 +370,15 @@ def _parse_spec(entry: object) -> ArraySpec:
     framework: Any = entry.get("framework")
     dtype_name: Any = entry.get("dtype")
     shape: Any = entry.get("shape")
-    offset: Any = entry.get("offset")
-    nbytes: Any = entry.get("nbytes")
+    view = "view_of" in entry
+    offset: Any = 0 if view else entry.get("offset")
+    nbytes: Any = 0 if view else entry.get("nbytes")
     if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
         raise ValueError(f"shape {shape!r:.80} is not a list of at most {_MAX_DIMS} sizes")
     if not all(_is_int(d) and d >= 0 for d in shape):
         raise ValueError(f"shape {shape!r:.80} has a size that is not a non-negative int")
+    if view:
+        return _parse_view(entry, shape)
     if not (_is_int(offset) and _is_int(nbytes) and offset >= 0 and nbytes >= 0):
         raise ValueError(f"offset {offset!r} or nbytes {nbytes!r} is not a non-negative int")
     if framework == "torch":
@@ -399,6 +402,11 @@ def _parse_spec(entry: object) -> ArraySpec:
         raise ValueError(f"framework {framework!r:.80} is neither torch nor numpy")
     if nbytes != math.prod(shape) * itemsize:
         raise ValueError(f"nbytes {nbytes} is not the size of shape {shape} of {dtype_name}")
+    storage = entry.get("storage", False)
+    if type(storage) is not bool or (
+        storage and (framework != "torch" or dtype_name != "uint8" or len(shape) != 1)
+    ):
+        raise ValueError("a storage entry must be a 1-d torch uint8 array")
     return ArraySpec(
         framework=framework,
         dtype=dtype_name,
@@ -408,7 +416,68 @@ def _parse_spec(entry: object) -> ArraySpec:
         device=device,
         requires_grad=requires_grad,
         parameter=parameter,
+        storage=storage,
     )
+
+
+def _parse_view(entry: dict[str, Any], shape: list[int]) -> ArraySpec:
+    """A view entry: a torch tensor placed in a shared storage entry (checked against it by
+    :func:`_check_views`)."""
+    dtype_name: Any = entry.get("dtype")
+    view_of: Any = entry.get("view_of")
+    stride: Any = entry.get("stride")
+    storage_offset: Any = entry.get("storage_offset")
+    device = entry.get("device", "cpu")
+    requires_grad, parameter = entry.get("requires_grad", False), entry.get("parameter", False)
+    if entry.get("framework") != "torch" or not isinstance(dtype_name, str):
+        raise ValueError("a view entry must be a torch tensor")
+    if dtype_name not in TORCH_DTYPES:
+        raise ValueError(f"torch dtype {dtype_name!r:.80} is not one this format holds")
+    if not _is_int(view_of) or view_of < 0:
+        raise ValueError(f"view_of {view_of!r:.40} is not an array index")
+    if (
+        not isinstance(stride, list)
+        or len(stride) != len(shape)
+        or not all(_is_int(s) and s >= 0 for s in stride)
+    ):
+        raise ValueError(f"stride {stride!r:.80} does not fit shape {shape}")
+    if not _is_int(storage_offset) or storage_offset < 0:
+        raise ValueError(f"storage_offset {storage_offset!r:.40} is not a non-negative int")
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise ValueError(f"device {device!r:.80} is not a device name")
+    if type(requires_grad) is not bool or type(parameter) is not bool:
+        raise ValueError("requires_grad and parameter must be booleans")
+    return ArraySpec(
+        framework="torch",
+        dtype=dtype_name,
+        shape=tuple(shape),
+        offset=0,
+        nbytes=0,
+        device=device,
+        requires_grad=requires_grad,
+        parameter=parameter,
+        view_of=view_of,
+        stride=tuple(stride),
+        storage_offset=storage_offset,
+    )
+
+
+def _check_views(specs: list[ArraySpec]) -> None:
+    """Every view refers to a storage entry and stays inside it (ValueError otherwise)."""
+    for position, spec in enumerate(specs):
+        if spec.view_of is None:
+            continue
+        assert spec.stride is not None
+        if spec.view_of >= len(specs) or not specs[spec.view_of].storage:
+            raise ValueError(f"array {position} is a view of {spec.view_of}, not of a storage")
+        if math.prod(spec.shape) == 0:
+            continue
+        last = spec.storage_offset + sum(
+            (d - 1) * s for d, s in zip(spec.shape, spec.stride, strict=True)
+        )
+        itemsize = TORCH_DTYPES[spec.dtype].itemsize
+        if (last + 1) * itemsize > specs[spec.view_of].nbytes:
+            raise ValueError(f"array {position} reaches past the end of its storage")
 
 
 @dataclass(frozen=True)
@@ -444,6 +513,10 @@ def _read_index(
         ):
             raise _corrupt(path, manifest.step, f"array {position}: bad {CHECKSUM}")
         checksums.append(checksum)
+    try:
+        _check_views(specs)
+    except ValueError as exc:
+        raise _corrupt(path, manifest.step, str(exc)) from None
     data_size: int = manifest.files[f"{item}.data"]["size"]
     end = max((s.offset + s.nbytes for s in specs), default=0)
     if end != data_size:
@@ -500,11 +573,27 @@ def _finish_tensor(
         )
     if device.type != "cpu":
         tensor = tensor.to(device)
+    return _mark(tensor, spec)
+
+
+def _mark(tensor: torch.Tensor, spec: ArraySpec) -> torch.Tensor:
     if spec.parameter:
         return torch.nn.Parameter(tensor, requires_grad=spec.requires_grad)
     if spec.requires_grad:
         tensor.requires_grad_(True)
     return tensor
+
+
+def _make_view(storage: torch.Tensor, spec: ArraySpec) -> torch.Tensor:
+    """The tensor ``spec`` places in a restored shared storage (a uint8 tensor that starts
+    its own storage, on the device it was restored to): every view of one storage shares
+    its memory, as the saved tensors did."""
+    assert spec.stride is not None
+    dtype = TORCH_DTYPES[spec.dtype]
+    usable = storage.numel() // dtype.itemsize * dtype.itemsize
+    typed = storage[:usable].view(dtype)
+    view = torch.as_strided(typed, spec.shape, spec.stride, spec.storage_offset)
+    return _mark(view, spec)
 
 
 def read_item(
@@ -553,12 +642,16 @@ def read_item(
     finally:
         reader.close()
     reader.finish()
-    arrays = []
-    for spec in specs:
-        array = _array_in(arena, spec)
-        if spec.framework == "torch":
-            array = _finish_tensor(array, spec, map_location, step_dir, manifest.step)
-        arrays.append(array)
+    arrays: list[Any] = [None] * len(specs)
+    for position, spec in enumerate(specs):
+        if spec.view_of is None:
+            array = _array_in(arena, spec)
+            if spec.framework == "torch":
+                array = _finish_tensor(array, spec, map_location, step_dir, manifest.step)
+            arrays[position] = array
+    for position, spec in enumerate(specs):
+        if spec.view_of is not None:  # storages first: views are made of them
+            arrays[position] = _make_view(arrays[spec.view_of], spec)
     objects = None
     if objects_name in manifest.files:
         data = _read_small(step_dir, manifest, objects_name, verify=verify, signed=signed)
@@ -665,12 +758,21 @@ def read_array_metadata(
     if item not in manifest.items:
         raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
     index = _read_index(step_dir, manifest, item, verify=True, signed=signing_key is not None)
-    arrays = [ArrayMetadata(s.framework, s.dtype, s.shape, s.nbytes, s.device) for s in index.specs]
+    arrays = [
+        ArrayMetadata(s.framework, s.dtype, s.shape, _tensor_bytes(s), s.device)
+        for s in index.specs
+    ]
     objects = _PickledPlaceholders() if f"{item}.objects.pkl" in manifest.files else None
     try:
         return decode_tree(index.tree, arrays, objects)
     except TreeError as exc:
         raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+
+
+def _tensor_bytes(spec: ArraySpec) -> int:
+    if spec.view_of is None:
+        return spec.nbytes
+    return math.prod(spec.shape) * TORCH_DTYPES[spec.dtype].itemsize
 
 
 def _key(node: Any) -> Any:
@@ -820,6 +922,9 @@ class _ArrayReader(list[Any]):
         if position in self._loaded:
             return self._loaded[position]
         spec = self._index.specs[position]
+        if spec.view_of is not None:
+            self._loaded[position] = _make_view(self[spec.view_of], spec)
+            return self._loaded[position]
         buffer = np.empty(spec.nbytes, dtype=np.uint8)
         self._pread(buffer.data, spec.offset)
         expected = self._index.checksums[position]
@@ -867,6 +972,9 @@ def read_selected(
         nodes.append(node)
     needed: set[int] = set()
     holds_objects = any([_references(node, needed) for node in nodes])
+    for position in list(needed):  # a view needs its storage
+        if 0 <= position < len(index.specs) and index.specs[position].view_of is not None:
+            needed.add(index.specs[position].view_of)  # type: ignore[arg-type]
     if signed or (verify and any(index.checksums[i] is None for i in needed)):
         whole = read_item(
             step_dir,
@@ -877,13 +985,7 @@ def read_selected(
             weights_only=weights_only,
             signing_key=signing_key,
         )
-        values = []
-        for path in paths:
-            value = whole
-            for key in path:
-                value = value[key]
-            values.append(value)
-        return _assemble(paths, values)
+        return _assemble(paths, [_pick(whole, path) for path in paths])
     objects_name = f"{item}.objects.pkl"
     if holds_objects and weights_only:
         raise WeightsOnlyError(
@@ -924,6 +1026,12 @@ def read_selected(
     finally:
         os.close(fd)
     return _assemble(paths, values)
+
+
+def _pick(tree: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
 
 
 def _assemble(paths: list[tuple[Any, ...]], values: list[Any]) -> dict[Any, Any]:

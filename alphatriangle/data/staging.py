@@ -20,6 +20,7 @@ otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -147,15 +148,113 @@ def _page_round(nbytes: int) -> int:
     return -(-nbytes // PAGE) * PAGE
 
 
-def _layout(leaves: list[Any]) -> tuple[list[ArraySpec], int]:
-    specs = []
+@dataclass(frozen=True)
+class _SharedStorage:
+    """Tensors of the state that share one torch storage (tied weights, views of a flat
+    buffer): the bytes ``start .. start + length`` of the storage are staged once, and each
+    of those tensors is written as a view of them."""
+
+    leaves: tuple[int, ...]
+    start: int
+    length: int
+    storage_ptr: int
+    placements: tuple[tuple[int, tuple[int, ...]], ...]  # per leaf: data_ptr, stride
+
+    def still_fits(self, leaves: list[Any]) -> bool:
+        """Whether the leaves of this group still lie where they lay: same addresses and
+        strides, in the same live storage (addresses inside a live storage belong to it)."""
+        first = leaves[self.leaves[0]]
+        storage = first.untyped_storage()
+        if storage.data_ptr() != self.storage_ptr or storage.nbytes() < self.start + self.length:
+            return False
+        return all(
+            (leaves[i].data_ptr(), leaves[i].stride()) == placement
+            for i, placement in zip(self.leaves, self.placements, strict=True)
+        )
+
+    def source(self, leaves: list[Any]) -> torch.Tensor:
+        """The staged bytes, as a uint8 tensor over the storage of the current leaves."""
+        leaf = leaves[self.leaves[0]]
+        raw = torch.empty(0, dtype=torch.uint8, device=leaf.device)
+        return raw.set_(leaf.untyped_storage(), self.start, (self.length,), (1,))
+
+
+def _byte_span(tensor: torch.Tensor) -> tuple[int, int]:
+    """The bytes of its storage that ``tensor`` can reach."""
+    first = tensor.storage_offset()
+    last = first + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride(), strict=True))
+    return int(first * tensor.element_size()), int((last + 1) * tensor.element_size())
+
+
+def _shared_storages(leaves: list[Any]) -> list[_SharedStorage]:
+    """Groups of two or more tensors that share a storage. A group whose tensors reach less
+    than they would take copied one by one (they overlap, or tile it) is shared; sparse
+    views of a large storage are copied one by one instead (sharing would write bytes that no
+    tensor holds)."""
+    by_storage: dict[tuple[torch.device, int], list[int]] = {}
+    for index, leaf in enumerate(leaves):
+        if (
+            isinstance(leaf, torch.Tensor)
+            and leaf.numel() > 0
+            and not leaf.is_conj()  # a lazy bit on top of the storage: copied, resolved
+            and not leaf.is_neg()
+        ):
+            key = (leaf.device, leaf.untyped_storage().data_ptr())
+            by_storage.setdefault(key, []).append(index)
+    groups = []
+    for (_, pointer), members in by_storage.items():
+        if len(members) < 2:
+            continue
+        spans = [_byte_span(leaves[i]) for i in members]
+        start = min(first for first, _ in spans) // 16 * 16  # aligned for every dtype
+        end = max(last for _, last in spans)
+        if end - start <= sum(last - first for first, last in spans):
+            placements = tuple((leaves[i].data_ptr(), tuple(leaves[i].stride())) for i in members)
+            groups.append(_SharedStorage(tuple(members), start, end - start, pointer, placements))
+    return groups
+
+
+def _layout(
+    leaves: list[Any], groups: list[_SharedStorage]
+) -> tuple[list[ArraySpec], list[int], int]:
+    """The specs of the leaves (views for those in a shared storage) followed by one spec
+    per shared storage; which source each data entry copies (a leaf index, or ``-1 - g``
+    for storage ``g``); the data size."""
+    in_group = {leaf: g for g, group in enumerate(groups) for leaf in group.leaves}
+    specs: list[ArraySpec] = []
+    sources: list[int] = []
     offset = 0
-    for leaf in leaves:
+
+    def place(spec: ArraySpec) -> ArraySpec:
+        nonlocal offset
         offset = -(-offset // ALIGNMENT) * ALIGNMENT
-        spec = ArraySpec.of(leaf, offset)
-        specs.append(spec)
+        placed = dataclasses.replace(spec, offset=offset)
         offset += spec.nbytes
-    return specs, offset
+        return placed
+
+    for index, leaf in enumerate(leaves):
+        g = in_group.get(index)
+        if g is None:
+            specs.append(place(ArraySpec.of(leaf, 0)))
+            sources.append(index)
+            continue
+        plain = ArraySpec.of(leaf, 0)
+        first, _ = _byte_span(leaf)
+        specs.append(
+            dataclasses.replace(
+                plain,
+                nbytes=0,
+                view_of=len(leaves) + g,
+                stride=tuple(leaf.stride()),
+                storage_offset=(first - groups[g].start) // leaf.element_size(),
+            )
+        )
+    for g, group in enumerate(groups):
+        device = str(leaves[group.leaves[0]].device)
+        storage = ArraySpec("torch", "uint8", (group.length,), 0, group.length, device)
+        specs.append(place(dataclasses.replace(storage, storage=True)))
+        sources.append(-1 - g)
+    return specs, sources, offset
 
 
 _TORCH_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
@@ -195,34 +294,60 @@ class _StagingLayout:
     signature: tuple[list[Any], ...]
     specs: list[ArraySpec]
     nbytes: int
-    targets: list[Any]  # per leaf, its view of the buffer (tensor or ndarray)
-    cpu_tensors: list[int] | None  # leaves copied with one batched call; None: all of them
+    groups: list[_SharedStorage]
+    sources: list[int] | None  # per data entry, its leaf (or -1 - g); None: the leaves
+    targets: list[Any]  # per data entry, its view of the buffer (tensor or ndarray)
+    cpu_tensors: list[int] | None  # entries copied with one batched call; None: all of them
     others: list[int]  # numpy arrays and CUDA tensors, copied one by one
+
+    def fits(self, leaves: list[Any]) -> bool:
+        """Whether ``leaves`` can be staged with this placement."""
+        if self.signature != _signature(leaves):
+            return False
+        # Tensors that shared a storage must still share it, the same way. (Tensors that
+        # came to share one since keep being copied apart until the placement changes.)
+        return all(group.still_fits(leaves) for group in self.groups)
+
+    def data_sources(self, leaves: list[Any]) -> list[Any]:
+        if self.sources is None:
+            return leaves
+        return [leaves[i] if i >= 0 else self.groups[-1 - i].source(leaves) for i in self.sources]
 
 
 def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
-    specs, nbytes = _layout(leaves)
+    groups = _shared_storages(leaves)
+    specs, sources, nbytes = _layout(leaves, groups)
+    data_specs = [s for s in specs if s.view_of is None]
     needs_pinned = any(
         isinstance(leaf, torch.Tensor) and leaf.device.type == "cuda" for leaf in leaves
     )
     buffer.ensure(nbytes, pinned=needs_pinned)
-    buffer.clear_padding(specs, nbytes)
+    buffer.clear_padding(data_specs, nbytes)
     targets: list[Any] = []
     cpu_tensors: list[int] = []
     others: list[int] = []
-    for index, (leaf, spec) in enumerate(zip(leaves, specs, strict=True)):
+    for entry, (source, spec) in enumerate(zip(sources, data_specs, strict=True)):
         region = slice(spec.offset, spec.offset + spec.nbytes)
+        leaf = leaves[source] if source >= 0 else groups[-1 - source].source(leaves)
         if isinstance(leaf, np.ndarray):
             targets.append(buffer.array[region].view(leaf.dtype).reshape(leaf.shape))
-            others.append(index)
+            others.append(entry)
             continue
         targets.append(buffer.tensor[region].view(leaf.dtype).view(leaf.shape))
-        (others if leaf.device.type == "cuda" else cpu_tensors).append(index)
+        (others if leaf.device.type == "cuda" else cpu_tensors).append(entry)
     signature = _signature(leaves)
     assert signature is not None
-    everything = len(cpu_tensors) == len(leaves)
+    everything = len(cpu_tensors) == len(sources)
+    identity = not groups
     return _StagingLayout(
-        signature, specs, nbytes, targets, None if everything else cpu_tensors, others
+        signature,
+        specs,
+        nbytes,
+        groups,
+        None if identity else sources,
+        targets,
+        None if everything else cpu_tensors,
+        others,
     )
 
 
@@ -242,7 +367,7 @@ def stage_state(state: object, buffer: HostBuffer) -> StagedState:
     objects = encoder.pickle_objects()
     leaves = encoder.leaves
     layout = buffer.staging_layout
-    if layout is None or layout.signature != _signature(leaves):
+    if layout is None or not layout.fits(leaves):
         if encoder.compacted and not all(map(is_array_leaf, leaves)):
             # A compact dict node took a leaf that must be pickled instead: encode again.
             encoder = TreeEncoder(compact=False)
@@ -250,7 +375,7 @@ def stage_state(state: object, buffer: HostBuffer) -> StagedState:
             objects = encoder.pickle_objects()
             leaves = encoder.leaves
         layout = buffer.staging_layout = _plan(leaves, buffer)
-    _copy_leaves(leaves, layout)
+    _copy_leaves(layout.data_sources(leaves), layout)
     return StagedState(
         tree=tree, arrays=layout.specs, objects=objects, buffer=buffer, nbytes=layout.nbytes
     )
