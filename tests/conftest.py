@@ -46,3 +46,16 @@ def ray_local() -> Iterator[Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real `mlflow server` for the whole test session (SQLite store, artifacts served
+    over HTTP, one worker, a free loopback port); stopped at the end."""
+    from sync_support import start_mlflow_server
+
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    try:
+        yield server
+    finally:
+        server.stop()

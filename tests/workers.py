@@ -107,6 +107,24 @@ def waiters_disk_full(directory: str) -> None:
     print(json.dumps(seen), flush=True)
 
 
+def upload_held(directory: str, tracking_uri: str) -> None:
+    """Commit one step whose upload cannot finish (the proxy holds its manifest), report,
+    and wait to be killed."""
+    from alphatriangle.data import MlflowSyncOptions
+
+    sync = MlflowSyncOptions(
+        tracking_uri=tracking_uri, experiment_name="sync-kill", backoff_initial_s=0.05
+    )
+    options = CheckpointManagerOptions(retention=KeepAll(), mlflow=sync)
+    manager = CheckpointManager(directory, options)
+    print("ready", flush=True)
+    handle = manager.save(0, state_for_step(0, 4.0))
+    assert handle is not None
+    handle.result()
+    print("committed", flush=True)
+    time.sleep(3600)
+
+
 def hold_writer(directory: str) -> None:
     manager = CheckpointManager(directory)
     print("locked", flush=True)
@@ -151,6 +169,7 @@ if __name__ == "__main__":
         "save-loop": save_loop,
         "disk-full": disk_full,
         "hold-writer": hold_writer,
+        "upload-held": upload_held,
         "waiters-disk-full": waiters_disk_full,
         "writer-prune": writer_prune,
         "reader": reader,

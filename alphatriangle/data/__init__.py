@@ -39,6 +39,7 @@ from alphatriangle.data.save_decision import (
     SavePolicy,
     SaveWhen,
 )
+from alphatriangle.data.sync import MlflowSyncOptions
 from alphatriangle.data.writer import SaveHandle
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "KeepLatest",
     "KeepRecent",
     "LockTimeoutError",
+    "MlflowSyncOptions",
     "PickledObject",
     "RetentionPolicy",
     "SaveContext",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from alphatriangle.data.reading import (
 from alphatriangle.data.retention import StepInfo, best_of
 from alphatriangle.data.save_decision import SaveContext
 from alphatriangle.data.staging import HostBuffer, StagedState, StagingPool, stage_state
+from alphatriangle.data.sync import MlflowSync
 from alphatriangle.data.writer import BackgroundWriter, SaveHandle
 
 __all__ = ["CheckpointManager"]
@@ -118,6 +120,15 @@ class CheckpointManager:
             self._pool = StagingPool(self.options.max_pending)
             self._writer = BackgroundWriter(f"checkpoint-writer:{self.directory.name}")
         self.reload()
+        self._sync: MlflowSync | None = None
+        if self.options.mlflow is not None and self._writer is not None:
+            self._sync = MlflowSync(
+                self.directory,
+                self.options.mlflow,
+                committed_steps=self.all_steps,
+                best_step=self.best_step,
+                on_failure=self._writer.record,
+            )
 
     # -- context manager ------------------------------------------------------------------
 
@@ -248,7 +259,7 @@ class CheckpointManager:
                     lambda: self._write_step(info, staged, replace),
                     handle,
                     lambda: self._finish_save(info.step, staged.buffer, pool),
-                    self._apply_retention,
+                    lambda: self._after_commit(info.step),
                 )
                 queued = True
                 with self._state_lock:
@@ -342,10 +353,19 @@ class CheckpointManager:
 
     # -- retention ------------------------------------------------------------------------
 
+    def _after_commit(self, step: int) -> None:
+        """On the writer thread, after ``step`` committed: 4) retain 5) sync (the upload
+        itself runs on the uploader's thread)."""
+        if self._sync is not None:
+            self._sync.enqueue(step)  # before retention: a pending upload is protected
+        self._apply_retention()
+
     def _apply_retention(self) -> None:
         with self._state_lock:
             steps = sorted(self._infos)
             protected = set(self._in_flight)
+        if self._sync is not None and self._sync.options.keep_until_uploaded:
+            protected |= self._sync.pending()
         if len(steps) <= 1:
             return
         infos, unreadable = self._step_infos(steps, metadata=self.options.retention.uses_metadata())
@@ -620,6 +640,94 @@ class CheckpointManager:
             self._writer.wait_idle()
             self._writer.raise_error(clear=False)
 
+    # -- MLflow sync ----------------------------------------------------------------------
+
+    def _synced(self) -> MlflowSync:
+        self._check_open()
+        if self._sync is None:
+            raise CheckpointError(
+                "MLflow sync is off: open a writer with CheckpointManagerOptions(mlflow=...)",
+                path=self.directory,
+            )
+        return self._sync
+
+    def wait_for_uploads(self, timeout: float | None = None) -> bool:
+        """Wait for the saves in flight to commit, then up to ``timeout`` seconds more for
+        every pending upload; whether all were uploaded. Never raises for the network."""
+        sync = self._synced()
+        if self._writer is not None:
+            self._writer.wait_idle()
+        return sync.wait(timeout)
+
+    def pending_uploads(self) -> list[int]:
+        """Committed steps not yet uploaded (those in the ledger)."""
+        return sorted(self._synced().pending())
+
+    def remote_steps(self) -> list[int]:
+        """The complete steps on the MLflow server (their manifest uploaded)."""
+        return self._synced().remote_steps()
+
+    def fetch(self, step: int | None = None) -> int:
+        """Download a complete remote step (the newest when None) into this directory
+        through the usual temporary-directory commit, verified before it becomes visible
+        (strict reading, and the signature when a key is set); return its step. A step
+        already here is not downloaded again. With ``step=None``, a corrupt or incomplete
+        remote step is skipped for the previous one, loudly; when none is intact, the newest
+        one's error is raised. :class:`CheckpointNotFoundError` when the server has none."""
+        sync = self._synced()
+        self._writable()
+        remote = sync.remote_steps()
+        if step is not None and step not in remote:
+            raise CheckpointNotFoundError(
+                f"step {step} is not complete on the MLflow server (it has {remote})",
+                path=self.directory,
+                step=step,
+            )
+        candidates = [step] if step is not None else sorted(remote, reverse=True)
+        first_error: CheckpointCorruptError | None = None
+        for candidate in candidates:
+            with self._state_lock:
+                if candidate in self._infos:
+                    return candidate
+            try:
+                self._download(sync, candidate)
+            except CheckpointCorruptError as exc:
+                if step is not None:
+                    raise
+                logger.error(
+                    "remote step %d is corrupt, trying the previous one: %s", candidate, exc
+                )
+                first_error = first_error or exc
+                continue
+            if first_error is not None:
+                logger.error("fetched step %d, the newest intact remote step", candidate)
+            return candidate
+        if first_error is not None:
+            raise first_error
+        raise CheckpointNotFoundError(
+            f"the MLflow run holds no complete step for {self.directory}", path=self.directory
+        )
+
+    def _download(self, sync: MlflowSync, step: int) -> None:
+        temporary = create_temporary_step_dir(self.directory, step)
+        try:
+            sync.download(step, temporary)
+            key = self.options.signing_key
+            manifest = read_manifest(temporary, step, signing_key=key)
+            verify_step(temporary, manifest, signing_key=key)
+            for path in temporary.iterdir():
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            commit_step_dir(temporary, step)
+        except BaseException:
+            remove_tree(temporary)
+            raise
+        with self._state_lock:
+            self._infos[step] = None
+
     def close(self) -> None:
         """Finish in-flight saves, stop the writer, release the lock; raise a pending
         background failure. Idempotent; a concurrent ``close`` returns only once the writer
@@ -631,6 +739,8 @@ class CheckpointManager:
                     if self._writer is not None:
                         with self._save_lock:  # a save already past its checks submits first
                             self._writer.stop()
+                    if self._sync is not None:
+                        self._sync.close(self._sync.options.close_timeout_s)
                 finally:
                     if self._lock is not None:
                         self._lock.release()

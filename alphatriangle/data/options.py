@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from alphatriangle.data.retention import KeepBest, KeepLatest, RetentionPolicy
 from alphatriangle.data.save_decision import SaveEvery, SavePolicy
 from alphatriangle.data.signing import MIN_KEY_BYTES
+from alphatriangle.data.sync import MlflowSyncOptions
 
 __all__ = ["CheckpointManagerOptions"]
 
@@ -41,6 +42,8 @@ class CheckpointManagerOptions(BaseModel):
     - ``signing_key``: at least 16 bytes; every step written is signed (HMAC-SHA256 over the
       manifest, SHA-256 of every file) and every step restored must carry a valid signature
       (``CheckpointSignatureError`` otherwise). Never shown in the options' repr.
+    - ``mlflow``: upload every committed step to MLflow in the background
+      (``MlflowSyncOptions``; see ``sync.py``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -57,6 +60,7 @@ class CheckpointManagerOptions(BaseModel):
     lock_timeout_s: float = Field(default=5.0, ge=0.0, le=86_400.0)
     weights_only: bool = False
     signing_key: bytes | None = Field(default=None, repr=False)
+    mlflow: MlflowSyncOptions | None = None
 
     @model_validator(mode="after")
     def _best_metric_named(self) -> CheckpointManagerOptions:

@@ -96,11 +96,11 @@ class BackgroundWriter:
                 result = job()
             except BaseException as exc:
                 error = exc
-                self._record(exc)
+                self.record(exc)
             try:
                 cleanup()
             except BaseException as exc:
-                self._record(exc)
+                self.record(exc)
             if error is not None:
                 handle.committed.set_exception(error)
             else:
@@ -109,12 +109,12 @@ class BackgroundWriter:
                 try:
                     after()
                 except BaseException as exc:
-                    self._record(exc)
+                    self.record(exc)
             with self._idle:
                 self._pending.remove(handle)
                 self._idle.notify_all()
 
-    def _record(self, exc: BaseException) -> None:
+    def record(self, exc: BaseException) -> None:
         """Keep the first failure to raise; a further one before it is raised is logged as
         an error (and its save's handle still carries it)."""
         with self._error_lock:
