@@ -299,16 +299,32 @@ class CheckpointManager:
         final = self.directory / step_dir_name(step)
         if not (replace and final.exists()):
             return commit_step_dir(temporary, step)
-        deadline = time.monotonic() + self.options.lock_timeout_s
-        while True:
+        committed: list[Path] = []
+
+        def replace_unread() -> bool:
             with try_take_step(final) as taken:
                 if taken:
-                    return commit_step_dir(temporary, step, replace=True)
+                    committed.append(commit_step_dir(temporary, step, replace=True))
+            return taken
+
+        self._without_readers(final, step, "replace", replace_unread)
+        return committed[0] if committed else commit_step_dir(temporary, step)
+
+    def _without_readers(
+        self, step_dir: Path, step: int, action: str, attempt: Callable[[], bool]
+    ) -> None:
+        """Retry ``attempt`` (which acts only when no reader holds ``step_dir``) for up to
+        ``lock_timeout_s``; then raise :class:`CheckpointError`. Returns as soon as it acted
+        or the step is gone."""
+        deadline = time.monotonic() + self.options.lock_timeout_s
+        while not attempt():
+            if not step_dir.exists():
+                return  # gone meanwhile (retention took it)
             if time.monotonic() > deadline:
                 raise CheckpointError(
-                    f"cannot replace step {step}: readers held it for "
+                    f"cannot {action} step {step}: readers held it for "
                     f"{self.options.lock_timeout_s:g} s",
-                    path=final,
+                    path=step_dir,
                     step=step,
                 )
             time.sleep(0.01)
@@ -331,18 +347,7 @@ class CheckpointManager:
                 raise CheckpointNotFoundError(
                     f"step {step} not found in {self.directory}", path=step_dir, step=step
                 )
-        deadline = time.monotonic() + self.options.lock_timeout_s
-        while not self._delete_step(step):
-            if not step_dir.exists():
-                break  # retention took it meanwhile
-            if time.monotonic() > deadline:
-                raise CheckpointError(
-                    f"cannot delete step {step}: readers held it for "
-                    f"{self.options.lock_timeout_s:g} s",
-                    path=step_dir,
-                    step=step,
-                )
-            time.sleep(0.01)
+        self._without_readers(step_dir, step, "delete", lambda: self._delete_step(step))
         with self._state_lock:
             self._infos.pop(step, None)
             deleted_last = self._last_saved is not None and self._last_saved[0] == step

@@ -654,19 +654,32 @@ def read_item(
             arrays[position] = _make_view(arrays[spec.view_of], spec)
     objects = None
     if objects_name in manifest.files:
-        data = _read_small(step_dir, manifest, objects_name, verify=verify, signed=signed)
-        try:
-            objects = unpickle_objects(data, arrays)
-        except Exception as exc:
-            raise _corrupt(
-                step_dir / objects_name,
-                manifest.step,
-                f"cannot unpickle its objects ({type(exc).__name__}: {exc})",
-            ) from exc
+        objects = _unpickle(step_dir, manifest, objects_name, arrays, verify=verify, signed=signed)
     try:
         return decode_tree(tree, arrays, objects)
     except TreeError as exc:
         raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+
+
+def _unpickle(
+    step_dir: Path,
+    manifest: Manifest,
+    name: str,
+    arrays: list[Any],
+    *,
+    verify: bool,
+    signed: bool,
+) -> list[Any]:
+    """Read and unpickle an item's objects; an object that does not unpickle is reported as
+    a corrupt step naming the file (its cause chained)."""
+    data = _read_small(step_dir, manifest, name, verify=verify, signed=signed)
+    try:
+        return unpickle_objects(data, arrays)
+    except CheckpointCorruptError:
+        raise  # an array it refers to failed its checksum
+    except Exception as exc:
+        why = f"cannot unpickle its objects ({type(exc).__name__}: {exc})"
+        raise _corrupt(step_dir / name, manifest.step, why) from exc
 
 
 class _UncountedObjects(list[Any]):
@@ -1008,17 +1021,9 @@ def read_selected(
         arrays.prefetch(needed)
         objects = None
         if holds_objects:
-            data = _read_small(step_dir, manifest, objects_name, verify=verify, signed=False)
-            try:
-                objects = unpickle_objects(data, arrays)
-            except CheckpointCorruptError:
-                raise
-            except Exception as exc:
-                raise _corrupt(
-                    step_dir / objects_name,
-                    manifest.step,
-                    f"cannot unpickle its objects ({type(exc).__name__}: {exc})",
-                ) from exc
+            objects = _unpickle(
+                step_dir, manifest, objects_name, arrays, verify=verify, signed=False
+            )
         try:
             values = [decode_tree(node, arrays, objects) for node in nodes]
         except TreeError as exc:
