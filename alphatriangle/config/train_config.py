@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from alphatriangle.config.persistence_config import check_run_name
 
 __all__ = ["TrainConfig"]
 
@@ -19,6 +23,13 @@ class TrainConfig(BaseModel):
     ``PER_BETA_ANNEAL_STEPS`` training steps."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    RUN_NAME: str = Field(default_factory=lambda: dt.datetime.now().strftime("train_%Y%m%d_%H%M%S"))
+    LOAD_CHECKPOINT_PATH: str | None = None
+    LOAD_BUFFER_PATH: str | None = None
+    AUTO_RESUME_LATEST: bool = True
+    CHECKPOINT_SAVE_FREQ_STEPS: int = Field(default=100, ge=1)
+    CHECKPOINT_SAVE_FREQ_SECONDS: float | None = Field(default=None, gt=0)
 
     DEVICE: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     RANDOM_SEED: int = Field(default=42, ge=0)
@@ -37,6 +48,18 @@ class TrainConfig(BaseModel):
     PER_BETA_FINAL: float = Field(default=1.0, ge=0.0, le=1.0)
     PER_BETA_ANNEAL_STEPS: int | None = Field(default=None, ge=1)
     PER_EPSILON: float = Field(default=1e-5, gt=0.0, le=1.0)
+
+    @field_validator("RUN_NAME")
+    @classmethod
+    def _safe_run_name(cls, value: str) -> str:
+        return check_run_name(value)
+
+    @field_validator("LOAD_CHECKPOINT_PATH", "LOAD_BUFFER_PATH")
+    @classmethod
+    def _existing_path(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"{value} does not exist")
+        return value
 
     @model_validator(mode="after")
     def _check_buffer(self) -> TrainConfig:

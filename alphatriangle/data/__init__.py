@@ -1,46 +1,47 @@
-"""The data layer: a general checkpoint engine (:class:`CheckpointManager`) for state trees of
-tensors, arrays and Python objects.
+"""The alphatriangle data layer.
 
-See ``alphatriangle/data/README.md`` for the format, the guarantees and the API.
+- ``alphatriangle.data.checkpoint``: the general checkpoint engine (``CheckpointManager`` and
+  everything around it); it knows nothing of alphatriangle.
+- ``alphatriangle.data`` itself: the alphatriangle module built on it.
+
+Every public name of the engine is re-exported here: ``from alphatriangle.data import
+CheckpointManager`` keeps working. See ``alphatriangle/data/README.md``.
 """
 
-from alphatriangle.data.errors import (
+from alphatriangle.data.checkpoint import (
+    AllOf,
+    AllSave,
+    AnyOf,
+    AnySave,
+    ArrayMetadata,
     CheckpointCorruptError,
     CheckpointError,
+    CheckpointManager,
+    CheckpointManagerOptions,
     CheckpointNotFoundError,
     CheckpointSignatureError,
-    LockTimeoutError,
-    StepExistsError,
-    WeightsOnlyError,
-)
-from alphatriangle.data.manager import CheckpointManager
-from alphatriangle.data.options import CheckpointManagerOptions
-from alphatriangle.data.reading import ArrayMetadata, PickledObject
-from alphatriangle.data.retention import (
-    AllOf,
-    AnyOf,
     KeepAll,
     KeepBest,
     KeepEvery,
     KeepInterval,
     KeepLatest,
     KeepRecent,
+    LockTimeoutError,
+    MlflowSyncOptions,
+    PickledObject,
     RetentionPolicy,
-    StepInfo,
-)
-from alphatriangle.data.save_decision import (
-    AllSave,
-    AnySave,
     SaveContext,
     SaveEvery,
+    SaveHandle,
     SaveInitial,
     SaveInterval,
     SaveOnSteps,
     SavePolicy,
     SaveWhen,
+    StepExistsError,
+    StepInfo,
+    WeightsOnlyError,
 )
-from alphatriangle.data.sync import MlflowSyncOptions
-from alphatriangle.data.writer import SaveHandle
 
 __all__ = [
     "AllOf",

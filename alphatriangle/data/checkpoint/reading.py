@@ -1,7 +1,7 @@
 """Reading one committed step strictly: never wrong data, never a hang, never an unclear error.
 
 Every byte read is checked before it is used, and any violation raises
-:class:`~alphatriangle.data.errors.CheckpointCorruptError` naming the file:
+:class:`~alphatriangle.data.checkpoint.errors.CheckpointCorruptError` naming the file:
 
 - files are opened without following symbolic links and must be regular files (a FIFO, a
   directory or a link in a step is corruption, not a hang or a read outside the step); their
@@ -17,7 +17,7 @@ Every byte read is checked before it is used, and any violation raises
 
 With a signing key (``signing.py``) the manifest's HMAC and every file's SHA-256 are checked
 too, and an unsigned or tampered step raises
-:class:`~alphatriangle.data.errors.CheckpointSignatureError`.
+:class:`~alphatriangle.data.checkpoint.errors.CheckpointSignatureError`.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ import numpy as np
 import torch
 import xxhash
 
-from alphatriangle.data.arrays import TORCH_DTYPES, ArraySpec, numpy_dtype
-from alphatriangle.data.errors import (
+from alphatriangle.data.checkpoint.arrays import TORCH_DTYPES, ArraySpec, numpy_dtype
+from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointSignatureError,
     WeightsOnlyError,
 )
-from alphatriangle.data.format import (
+from alphatriangle.data.checkpoint.format import (
     CHECKSUM,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -55,15 +55,15 @@ from alphatriangle.data.format import (
     canonical,
     unseal,
 )
-from alphatriangle.data.layout import MANIFEST_NAME
-from alphatriangle.data.signing import (
+from alphatriangle.data.checkpoint.layout import MANIFEST_NAME
+from alphatriangle.data.checkpoint.signing import (
     DIGEST_CHUNK,
     FILE_DIGEST,
     ChunkedDigest,
     manifest_signature,
     signatures_match,
 )
-from alphatriangle.data.tree import TreeError, decode_tree, unpickle_objects
+from alphatriangle.data.checkpoint.tree import TreeError, decode_tree, unpickle_objects
 
 __all__ = [
     "ArrayMetadata",

@@ -1,4 +1,4 @@
-"""Configuration of a :class:`~alphatriangle.data.manager.CheckpointManager`."""
+"""Configuration of a :class:`~alphatriangle.data.checkpoint.manager.CheckpointManager`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from alphatriangle.data.retention import KeepBest, KeepLatest, RetentionPolicy
-from alphatriangle.data.save_decision import SaveEvery, SavePolicy
-from alphatriangle.data.signing import MIN_KEY_BYTES
-from alphatriangle.data.sync import MlflowSyncOptions
+from alphatriangle.data.checkpoint.retention import KeepBest, KeepLatest, RetentionPolicy
+from alphatriangle.data.checkpoint.save_decision import SaveEvery, SavePolicy
+from alphatriangle.data.checkpoint.signing import MIN_KEY_BYTES
+from alphatriangle.data.checkpoint.sync import MlflowSyncOptions
 
 __all__ = ["CheckpointManagerOptions"]
 
@@ -31,7 +31,7 @@ class CheckpointManagerOptions(BaseModel):
     - ``verify_on_restore``: check every file's checksum on restore (sizes are always
       checked).
     - ``read_only``: open as a reader: no writer lock, no sweep, no save, no deletion.
-    - ``retention``: which committed steps to keep (see ``alphatriangle.data.retention``);
+    - ``retention``: which committed steps to keep (see ``retention.py``);
       ``KeepAll()`` keeps everything.
     - ``best_metric``, ``best_mode``: what ``best_step()`` ranks by; when unset, the first
       ``KeepBest`` in ``retention`` ranks.

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import xxhash
 
-from alphatriangle.data.layout import MANIFEST_NAME
-from alphatriangle.data.signing import FILE_DIGEST, ChunkedDigest, manifest_signature
-from alphatriangle.data.staging import StagedState
+from alphatriangle.data.checkpoint.layout import MANIFEST_NAME
+from alphatriangle.data.checkpoint.signing import FILE_DIGEST, ChunkedDigest, manifest_signature
+from alphatriangle.data.checkpoint.staging import StagedState
 
 __all__ = [
     "CHECKSUM",

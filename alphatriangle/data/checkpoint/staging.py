@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphatriangle.data.arrays import ArraySpec, is_array_leaf
-from alphatriangle.data.tree import JsonTree, TreeEncoder
+from alphatriangle.data.checkpoint.arrays import ArraySpec, is_array_leaf
+from alphatriangle.data.checkpoint.tree import JsonTree, TreeEncoder
 
 __all__ = [
     "ALIGNMENT",

@@ -20,7 +20,7 @@ from alphatriangle.data import (
     KeepLatest,
     LockTimeoutError,
 )
-from alphatriangle.data.locking import reader_lease
+from alphatriangle.data.checkpoint.locking import reader_lease
 
 
 def _start_holder(directory: Path) -> subprocess.Popen[str]:

@@ -30,7 +30,7 @@ from alphatriangle.data import (
     SaveWhen,
     StepExistsError,
 )
-from alphatriangle.data.locking import reader_lease
+from alphatriangle.data.checkpoint.locking import reader_lease
 
 ALL = CheckpointManagerOptions(retention=KeepAll())
 

@@ -121,7 +121,7 @@ def test_deeply_nested_index_is_corruption_not_recursion(ckpt_dir: Path) -> None
 
 
 def test_trees_deeper_than_the_limit_are_refused_at_save(ckpt_dir: Path) -> None:
-    from alphatriangle.data.tree import MAX_TREE_DEPTH
+    from alphatriangle.data.checkpoint.tree import MAX_TREE_DEPTH
 
     deep: Any = 1
     for _ in range(MAX_TREE_DEPTH):

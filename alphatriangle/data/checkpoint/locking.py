@@ -27,7 +27,7 @@ from pathlib import Path
 
 import filelock
 
-from alphatriangle.data.errors import LockTimeoutError
+from alphatriangle.data.checkpoint.errors import LockTimeoutError
 
 __all__ = [
     "HOLDER_NAME",

@@ -8,7 +8,7 @@ arrays, scalars, strings or any other object cloudpickle can serialise. Encoding
   ``{"d": [[k, v], ...]}`` dict, ``{"od": [...]}`` OrderedDict, ``{"f": "nan"}`` a
   non-finite float, ``{"o": i}`` the i-th pickled object, ``{"da": [i, [k, ...]]}`` (and
   ``"oda"``) a dict whose values are the arrays i, i + 1, ... (format version 2);
-- the *arrays*: every leaf :func:`~alphatriangle.data.arrays.is_array_leaf` accepts, in order;
+- the *arrays*: every leaf that ``arrays.is_array_leaf`` accepts, in order;
 - the *objects*: every other leaf, cloudpickled together; tensors and arrays inside them still
   travel as arrays (persistent ids).
 
@@ -30,7 +30,7 @@ import cloudpickle
 import numpy as np
 import torch
 
-from alphatriangle.data.arrays import is_array_leaf
+from alphatriangle.data.checkpoint.arrays import is_array_leaf
 
 __all__ = ["MAX_TREE_DEPTH", "TreeEncoder", "TreeError", "decode_tree", "unpickle_objects"]
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from test_roundtrip import _trees
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepAll
-from alphatriangle.data.staging import HostBuffer, stage_state
+from alphatriangle.data.checkpoint.staging import HostBuffer, stage_state
 
 
 def _save_all(directory: Path, states: list[Any]) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alphatriangle.data.layout import (
+from alphatriangle.data.checkpoint.layout import (
     scan_leftovers,
     scan_steps,
     step_dir_name,

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from alphatriangle.data.layout import (
+from alphatriangle.data.checkpoint.layout import (
     scan_leftovers,
     step_dir_name,
     temporary_dir_name,

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepAll
-from alphatriangle.data.layout import step_dir_name, temporary_dir_name, trash_dir_name
+from alphatriangle.data.checkpoint.layout import step_dir_name, temporary_dir_name, trash_dir_name
 
 
 def _committed(directory: Path, *steps: int) -> None:

@@ -23,7 +23,7 @@ from alphatriangle.data import (
     KeepAll,
     MlflowSyncOptions,
 )
-from alphatriangle.data.sync import LEDGER_NAME, UploadLedger, is_transient
+from alphatriangle.data.checkpoint.sync import LEDGER_NAME, UploadLedger, is_transient
 
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.5}
 

@@ -35,9 +35,9 @@ from typing import Any, Literal
 import tenacity
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alphatriangle.data.commit import fsync_dir
-from alphatriangle.data.errors import CheckpointError
-from alphatriangle.data.layout import MANIFEST_NAME, step_dir_name, step_from_dir_name
+from alphatriangle.data.checkpoint.commit import fsync_dir
+from alphatriangle.data.checkpoint.errors import CheckpointError
+from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, step_dir_name, step_from_dir_name
 
 __all__ = ["LEDGER_NAME", "MlflowSync", "MlflowSyncOptions", "UploadLedger", "is_transient"]
 

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alphatriangle.data.errors import CheckpointError
+from alphatriangle.data.checkpoint.errors import CheckpointError
 
 __all__ = ["BackgroundWriter", "SaveHandle"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphatriangle.data.commit import (
+from alphatriangle.data.checkpoint.commit import (
     commit_step_dir,
     create_directory_durably,
     create_temporary_step_dir,
@@ -24,17 +24,22 @@ from alphatriangle.data.commit import (
     sweep_leftovers,
     trash_step_dir,
 )
-from alphatriangle.data.errors import (
+from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointNotFoundError,
     StepExistsError,
 )
-from alphatriangle.data.format import write_step_files
-from alphatriangle.data.layout import scan_steps, step_dir_name
-from alphatriangle.data.locking import StepGoneError, WriterLock, reader_lease, try_take_step
-from alphatriangle.data.options import CheckpointManagerOptions
-from alphatriangle.data.reading import (
+from alphatriangle.data.checkpoint.format import write_step_files
+from alphatriangle.data.checkpoint.layout import scan_steps, step_dir_name
+from alphatriangle.data.checkpoint.locking import (
+    StepGoneError,
+    WriterLock,
+    reader_lease,
+    try_take_step,
+)
+from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
+from alphatriangle.data.checkpoint.reading import (
     Selector,
     read_array_metadata,
     read_item,
@@ -42,11 +47,11 @@ from alphatriangle.data.reading import (
     read_selected,
     verify_step,
 )
-from alphatriangle.data.retention import StepInfo, best_of
-from alphatriangle.data.save_decision import SaveContext
-from alphatriangle.data.staging import HostBuffer, StagedState, StagingPool, stage_state
-from alphatriangle.data.sync import MlflowSync
-from alphatriangle.data.writer import BackgroundWriter, SaveHandle
+from alphatriangle.data.checkpoint.retention import StepInfo, best_of
+from alphatriangle.data.checkpoint.save_decision import SaveContext
+from alphatriangle.data.checkpoint.staging import HostBuffer, StagedState, StagingPool, stage_state
+from alphatriangle.data.checkpoint.sync import MlflowSync
+from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
 
 __all__ = ["CheckpointManager"]
 

@@ -1,0 +1,78 @@
+"""The checkpoint engine: :class:`CheckpointManager` for state trees of tensors, arrays and
+Python objects. It knows nothing of alphatriangle (nothing outside this package is imported).
+
+See ``alphatriangle/data/checkpoint/README.md`` for the format, the guarantees and the API.
+"""
+
+from alphatriangle.data.checkpoint.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    CheckpointSignatureError,
+    LockTimeoutError,
+    StepExistsError,
+    WeightsOnlyError,
+)
+from alphatriangle.data.checkpoint.manager import CheckpointManager
+from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
+from alphatriangle.data.checkpoint.reading import ArrayMetadata, PickledObject
+from alphatriangle.data.checkpoint.retention import (
+    AllOf,
+    AnyOf,
+    KeepAll,
+    KeepBest,
+    KeepEvery,
+    KeepInterval,
+    KeepLatest,
+    KeepRecent,
+    RetentionPolicy,
+    StepInfo,
+)
+from alphatriangle.data.checkpoint.save_decision import (
+    AllSave,
+    AnySave,
+    SaveContext,
+    SaveEvery,
+    SaveInitial,
+    SaveInterval,
+    SaveOnSteps,
+    SavePolicy,
+    SaveWhen,
+)
+from alphatriangle.data.checkpoint.sync import MlflowSyncOptions
+from alphatriangle.data.checkpoint.writer import SaveHandle
+
+__all__ = [
+    "AllOf",
+    "AllSave",
+    "AnyOf",
+    "AnySave",
+    "ArrayMetadata",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointManagerOptions",
+    "CheckpointNotFoundError",
+    "CheckpointSignatureError",
+    "KeepAll",
+    "KeepBest",
+    "KeepEvery",
+    "KeepInterval",
+    "KeepLatest",
+    "KeepRecent",
+    "LockTimeoutError",
+    "MlflowSyncOptions",
+    "PickledObject",
+    "RetentionPolicy",
+    "SaveContext",
+    "SaveEvery",
+    "SaveHandle",
+    "SaveInitial",
+    "SaveInterval",
+    "SaveOnSteps",
+    "SavePolicy",
+    "SaveWhen",
+    "StepExistsError",
+    "StepInfo",
+    "WeightsOnlyError",
+]
