@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +50,12 @@ from alphatriangle.data.checkpoint.reading import (
 )
 from alphatriangle.data.checkpoint.retention import StepInfo, best_of
 from alphatriangle.data.checkpoint.save_decision import SaveContext
-from alphatriangle.data.checkpoint.staging import HostBuffer, StagedState, StagingPool, stage_state
+from alphatriangle.data.checkpoint.staging import (
+    StagedState,
+    StagingPool,
+    StagingSlot,
+    stage_state,
+)
 from alphatriangle.data.checkpoint.sync import MlflowSync
 from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
 
@@ -58,6 +64,7 @@ __all__ = ["CheckpointManager"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_ITEM = "state"
+_ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")  # as reading.py admits
 _RESTORE_ATTEMPTS = 16
 _BLOCKED_WARNING_MS = 1.0
 
@@ -69,6 +76,7 @@ class _Reading:
     map_location: Any
     weights_only: bool
     select: list[Selector] | None
+    item: str = "state"
 
 
 class CheckpointManager:
@@ -186,13 +194,16 @@ class CheckpointManager:
     def save(
         self,
         step: int,
-        state: Any,
+        state: Any = None,
         *,
+        items: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
         force: bool = False,
         replace: bool = False,
     ) -> SaveHandle | None:
-        """Snapshot ``state`` as ``step`` and write it in the background.
+        """Snapshot ``state`` (the item ``"state"``), or several named ``items`` (e.g.
+        ``{"checkpoint": ..., "buffer": ...}``, each a state tree with files of its own in
+        the step), as ``step``, and write it in the background.
 
         Returns a :class:`SaveHandle` (``staged`` is already done), or None when the step is
         not due (the save policy) or was skipped because the queue is full
@@ -207,6 +218,7 @@ class CheckpointManager:
         writer.raise_error(clear=True)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
+        trees = _items(state, items)
         with self._state_lock:
             exists = step in self._infos
             if (exists and not replace) or step in self._in_flight:
@@ -232,7 +244,7 @@ class CheckpointManager:
                         step=step,
                     )
             waiting_since = time.perf_counter()
-            buffer = pool.acquire(block=self.options.on_full == "wait")
+            slot = pool.acquire(block=self.options.on_full == "wait")
             waited_ms = (time.perf_counter() - waiting_since) * 1000
             if waited_ms >= _BLOCKED_WARNING_MS:
                 logger.warning(
@@ -241,7 +253,7 @@ class CheckpointManager:
                     step,
                     waited_ms,
                 )
-            if buffer is None:
+            if slot is None:
                 self.skipped_steps.append(step)
                 logger.warning(
                     "skipped checkpoint of step %d: %d saves still in flight (on_full='skip')",
@@ -254,16 +266,18 @@ class CheckpointManager:
                 if writer.has_error():
                     # The save this one waited for failed: report it now, not one save later.
                     writer.raise_error(clear=True)
-                staged = stage_state(state, buffer)
+                staged = {
+                    name: stage_state(tree, slot.buffer(name)) for name, tree in trees.items()
+                }
                 handle = SaveHandle(step)
                 handle.staged.set_result(None)
                 with self._state_lock:
                     self._in_flight.add(step)
-                info = StepInfo(step, self._clock(), checked_metrics)
+                info = StepInfo(step, self._clock(), checked_metrics, frozenset(trees))
                 writer.submit(
                     lambda: self._write_step(info, staged, replace),
                     handle,
-                    lambda: self._finish_save(info.step, staged.buffer, pool),
+                    lambda: self._finish_save(info.step, slot, pool),
                     lambda: self._after_commit(info.step),
                 )
                 queued = True
@@ -271,15 +285,15 @@ class CheckpointManager:
                     self._last_saved = (step, info.wall_time)
             finally:
                 if not queued:
-                    self._finish_save(step, buffer, pool)
+                    self._finish_save(step, slot, pool)
             return handle
 
-    def _finish_save(self, step: int, buffer: HostBuffer, pool: StagingPool) -> None:
-        pool.release(buffer)
+    def _finish_save(self, step: int, slot: StagingSlot, pool: StagingPool) -> None:
+        pool.release(slot)
         with self._state_lock:
             self._in_flight.discard(step)
 
-    def _write_step(self, info: StepInfo, staged: StagedState, replace: bool) -> Path:
+    def _write_step(self, info: StepInfo, staged: Mapping[str, StagedState], replace: bool) -> Path:
         """Runs on the writer thread: 2) write 3) commit. Retention (4) runs after the
         handle completes: a commit never waits on deletions."""
         temporary = create_temporary_step_dir(self.directory, info.step)
@@ -287,7 +301,7 @@ class CheckpointManager:
             write_step_files(
                 temporary,
                 info.step,
-                {DEFAULT_ITEM: staged},
+                staged,
                 metrics=info.metrics,
                 wall_time=info.wall_time,
                 signing_key=self.options.signing_key,
@@ -378,9 +392,12 @@ class CheckpointManager:
             protected |= self._sync.pending()
         if len(steps) <= 1:
             return
-        infos, unreadable = self._step_infos(steps, metadata=self.options.retention.uses_metadata())
+        # Manifests are read (once per step, then cached) whatever the policy: the newest
+        # step holding each item is protected, and only manifests say which items a step has.
+        infos, unreadable = self._step_infos(steps, metadata=True)
         keep = self.options.retention.keep(infos, self._clock())
-        keep |= protected | unreadable | {steps[-1]}
+        newest_per_item = {item: info.step for info in infos for item in info.items}
+        keep |= protected | unreadable | {steps[-1]} | set(newest_per_item.values())
         for step in steps:
             if step not in keep and not self._delete_step(step):
                 logger.info("step %d is being read; retention deletes it later", step)
@@ -404,7 +421,9 @@ class CheckpointManager:
                     )
                     unreadable.add(step)
                     continue
-                info = StepInfo(step, manifest.wall_time, dict(manifest.metrics))
+                info = StepInfo(
+                    step, manifest.wall_time, dict(manifest.metrics), frozenset(manifest.items)
+                )
                 with self._state_lock:
                     if step in self._infos:
                         self._infos[step] = info
@@ -448,8 +467,12 @@ class CheckpointManager:
         fallback: bool = False,
         weights_only: bool | None = None,
         select: Sequence[Selector] | None = None,
+        item: str = DEFAULT_ITEM,
     ) -> Any:
         """The state tree saved as ``step`` (the newest committed step when None).
+
+        ``item`` names which item of the step (``"state"`` by default); with ``step=None``,
+        the newest committed step that holds it is read.
 
         Tensors come back on the device they were saved from, or on ``map_location``.
         Raises :class:`CheckpointNotFoundError` when there is no such step, and
@@ -474,11 +497,13 @@ class CheckpointManager:
             raise ValueError("fallback restores the newest intact step: pass step=None")
         if weights_only is None:
             weights_only = self.options.weights_only
-        reading = _Reading(map_location, weights_only, None if select is None else list(select))
+        reading = _Reading(
+            map_location, weights_only, None if select is None else list(select), item
+        )
         if not fallback:
             return self._restore(step, reading)
         first_error: CheckpointCorruptError | None = None
-        for candidate in reversed(self.all_steps()):
+        for candidate in self._steps_holding(item):
             try:
                 state = self._restore(candidate, reading)
             except CheckpointCorruptError as exc:
@@ -497,25 +522,49 @@ class CheckpointManager:
             raise first_error
         return self._restore(None, reading)  # nothing committed: the usual error
 
+    def _steps_holding(self, item: str) -> list[int]:
+        """Committed steps, newest first, that hold ``item`` (or whose manifest cannot say:
+        restoring them reports why)."""
+        steps = self.all_steps()
+        if item == DEFAULT_ITEM and not any(
+            info is not None and info.items != {DEFAULT_ITEM} for info in self._infos.values()
+        ):
+            return steps[::-1]
+        infos, unreadable = self._step_infos(steps, metadata=True)
+        holding = {info.step for info in infos if item in info.items} | unreadable
+        return [s for s in reversed(steps) if s in holding]
+
     def _restore(self, step: int | None, reading: _Reading) -> Any:
         self._check_open()
         for _ in range(_RESTORE_ATTEMPTS):
-            candidate = step if step is not None else self.latest_step()
+            if step is not None:
+                candidate: int | None = step
+            else:
+                holding = self._steps_holding(reading.item)
+                candidate = holding[0] if holding else None
             if candidate is None:
                 raise CheckpointNotFoundError(
-                    f"no committed checkpoint in {self.directory}", path=self.directory
+                    f"no committed checkpoint holding {reading.item!r} in {self.directory}",
+                    path=self.directory,
                 )
             step_dir = self.directory / step_dir_name(candidate)
             try:
                 with reader_lease(step_dir):
                     key = self.options.signing_key
                     manifest = read_manifest(step_dir, candidate, signing_key=key)
+                    if reading.item not in manifest.items:
+                        raise CheckpointNotFoundError(
+                            f"step {candidate} holds no item {reading.item!r} "
+                            f"(it holds {list(manifest.items)})",
+                            path=step_dir,
+                            step=candidate,
+                        )
                     verify = self.options.verify_on_restore
                     if reading.select is not None:
                         return read_selected(
                             step_dir,
                             manifest,
-                            DEFAULT_ITEM,
+                            reading.item,
                             reading.select,
                             verify=verify,
                             map_location=reading.map_location,
@@ -525,7 +574,7 @@ class CheckpointManager:
                     return read_item(
                         step_dir,
                         manifest,
-                        DEFAULT_ITEM,
+                        reading.item,
                         verify=verify,
                         map_location=reading.map_location,
                         weights_only=reading.weights_only,
@@ -768,6 +817,22 @@ class CheckpointManager:
                 f"{self.directory} was opened read_only; it cannot save", path=self.directory
             )
         return self._writer, self._pool
+
+
+def _items(state: Any, items: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The named items of one save: ``state`` alone is the item ``"state"``."""
+    if items is None:
+        return {DEFAULT_ITEM: state}
+    if state is not None:
+        raise ValueError("give state or items, not both")
+    if not items:
+        raise ValueError("items must name at least one item")
+    for name in items:
+        if not isinstance(name, str) or not _ITEM_NAME.match(name):
+            raise ValueError(
+                f"item names are letters, digits, '_' and '-' (not first), got {name!r}"
+            )
+    return dict(items)
 
 
 def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:

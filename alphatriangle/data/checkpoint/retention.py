@@ -48,6 +48,7 @@ class StepInfo:
     step: int
     wall_time: float
     metrics: Mapping[str, float] = field(default_factory=dict)
+    items: frozenset[str] = frozenset()  # the items the step holds, when known
 
 
 class RetentionPolicy(ABC):

@@ -36,6 +36,7 @@ __all__ = [
     "HostBuffer",
     "StagedState",
     "StagingPool",
+    "StagingSlot",
     "stage_state",
 ]
 
@@ -92,36 +93,54 @@ class HostBuffer:
         self._layout = layout
 
 
-class StagingPool:
-    """One :class:`HostBuffer` per save that may be in flight.
+class StagingSlot:
+    """The buffers of one save that may be in flight: one :class:`HostBuffer` per item
+    name, made on first use and reused by every later save through this slot."""
 
-    ``acquire`` hands out a free buffer (waiting for one, or returning None when ``block`` is
+    def __init__(self) -> None:
+        self.buffers: dict[str, HostBuffer] = {}
+
+    def buffer(self, item: str) -> HostBuffer:
+        found = self.buffers.get(item)
+        if found is None:
+            found = self.buffers[item] = HostBuffer()
+        return found
+
+
+class StagingPool:
+    """One :class:`StagingSlot` per save that may be in flight.
+
+    ``acquire`` hands out a free slot (waiting for one, or returning None when ``block`` is
     false); the writer ``release``\\ s it once the save has finished.
     """
 
     def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        self._free = [HostBuffer() for _ in range(slots)]
+        self._free = [StagingSlot() for _ in range(slots)]
         self._all = list(self._free)
         self._cond = threading.Condition()
 
-    def acquire(self, *, block: bool) -> HostBuffer | None:
+    def buffers(self) -> list[HostBuffer]:
+        """Every buffer of every slot."""
+        return [b for slot in self._all for b in slot.buffers.values()]
+
+    def acquire(self, *, block: bool) -> StagingSlot | None:
         with self._cond:
             if not self._free and not block:
                 return None
             self._cond.wait_for(lambda: bool(self._free))
             return self._free.pop()
 
-    def release(self, buffer: HostBuffer) -> None:
+    def release(self, slot: StagingSlot) -> None:
         with self._cond:
-            self._free.append(buffer)
+            self._free.append(slot)
             self._cond.notify()
 
     @property
     def allocations(self) -> int:
         """Buffers allocated so far, over all slots: constant once saves reach steady state."""
-        return sum(b.allocations for b in self._all)
+        return sum(b.allocations for b in self.buffers())
 
 
 @dataclass

@@ -53,5 +53,5 @@ def test_cuda_staging_uses_one_pinned_buffer_reused(ckpt_dir: Path) -> None:
         pool = manager._pool
         assert pool is not None
         assert pool.allocations == 1
-        assert all(buffer.pinned for buffer in pool._all)
+        assert all(buffer.pinned for buffer in pool.buffers())
         assert manager.restore(3)["w"][0].item() == 3.0
