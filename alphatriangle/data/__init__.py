@@ -42,6 +42,8 @@ from alphatriangle.data.checkpoint import (
     StepInfo,
     WeightsOnlyError,
 )
+from alphatriangle.data.data_manager import DataManager
+from alphatriangle.data.schemas import BufferData, CheckpointData, LoadedTrainingState
 
 __all__ = [
     "AllOf",
@@ -49,18 +51,22 @@ __all__ = [
     "AnyOf",
     "AnySave",
     "ArrayMetadata",
+    "BufferData",
     "CheckpointCorruptError",
+    "CheckpointData",
     "CheckpointError",
     "CheckpointManager",
     "CheckpointManagerOptions",
     "CheckpointNotFoundError",
     "CheckpointSignatureError",
+    "DataManager",
     "KeepAll",
     "KeepBest",
     "KeepEvery",
     "KeepInterval",
     "KeepLatest",
     "KeepRecent",
+    "LoadedTrainingState",
     "LockTimeoutError",
     "MlflowSyncOptions",
     "PickledObject",

@@ -722,9 +722,23 @@ class CheckpointManager:
         """Committed steps not yet uploaded (those in the ledger)."""
         return sorted(self._synced().pending())
 
-    def remote_steps(self) -> list[int]:
-        """The complete steps on the MLflow server (their manifest uploaded)."""
-        return self._synced().remote_steps()
+    def remote_steps(self, timeout: float | None = None) -> list[int]:
+        """The complete steps on the MLflow server (their manifest uploaded); transient
+        failures are retried, for at most ``timeout`` seconds when given."""
+        return self._synced().remote_steps(timeout)
+
+    def upload_file(self, path: Path, artifact_path: str) -> None:
+        """Upload one file beside the steps (a run's configuration, say) on a thread of its
+        own, retried like steps; a failure that is not retried is raised at the next
+        ``save``/``wait_until_finished``. Never blocks the caller."""
+        sync = self._synced()
+        writer, _ = self._writable()
+        threading.Thread(
+            target=sync.upload_file,
+            args=(path, artifact_path, writer.record),
+            name="mlflow-upload-file",
+            daemon=True,
+        ).start()
 
     def fetch(self, step: int | None = None) -> int:
         """Download a complete remote step (the newest when None) into this directory

@@ -222,7 +222,7 @@ class MlflowSync:
 
     # -- the run and the client -----------------------------------------------------------
 
-    def _retrying(self) -> tenacity.Retrying:
+    def _retrying(self, timeout: float | None = None) -> tenacity.Retrying:
         options = self.options
         stop: Any = tenacity.stop_never
         if options.max_attempts is not None:
@@ -231,6 +231,8 @@ class MlflowSync:
             deadline = tenacity.stop_after_delay(options.deadline_s)
             stop = deadline if stop is tenacity.stop_never else stop | deadline
         stop = stop | tenacity.stop_when_event_set(self._stop_event)
+        if timeout is not None:
+            stop = stop | tenacity.stop_after_delay(timeout)
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient),
             wait=tenacity.wait_exponential(
@@ -273,8 +275,19 @@ class MlflowSync:
                         artifact_location=self.options.artifact_location,
                     )
                 )
-            run = client.create_run(experiment_id, run_name=self.options.run_name)
-            run_id = str(run.info.run_id)
+            if self.options.run_name:  # a run of this name already there: resume into it
+                quoted = self.options.run_name.replace("\\", "\\\\").replace("'", "\\'")
+                existing = client.search_runs(
+                    [experiment_id],
+                    filter_string=f"attributes.run_name = '{quoted}'",
+                    max_results=1,
+                    order_by=["attributes.start_time DESC"],
+                )
+                if existing:
+                    run_id = str(existing[0].info.run_id)
+            if run_id is None:
+                run = client.create_run(experiment_id, run_name=self.options.run_name)
+                run_id = str(run.info.run_id)
         with self._cond:
             self.ledger.run_id = run_id
             self.ledger.save()
@@ -388,10 +401,11 @@ class MlflowSync:
 
     # -- reading back ---------------------------------------------------------------------
 
-    def remote_steps(self) -> list[int]:
+    def remote_steps(self, timeout: float | None = None) -> list[int]:
         """The complete steps on the server (those whose ``manifest.json`` is there);
-        transient failures are retried like uploads."""
-        for attempt in self._retrying():
+        transient failures are retried like uploads, for at most ``timeout`` seconds when
+        given (then the last failure is raised)."""
+        for attempt in self._retrying(timeout):
             with attempt:
                 return self._list_remote_steps()
         raise AssertionError("unreachable")  # tenacity re-raises or returns
@@ -407,6 +421,19 @@ class MlflowSync:
             if MANIFEST_NAME in names:
                 steps.append(step)
         return sorted(steps)
+
+    def upload_file(
+        self, path: Path, artifact_path: str, on_failure: Callable[[BaseException], None]
+    ) -> None:
+        """Upload one file, retried like steps (runs on the caller's thread: start it on
+        one of its own)."""
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self.client().log_artifact(self.run_id(), str(path), artifact_path)
+        except BaseException as exc:
+            logger.error("MLflow upload of %s failed: %r", path, exc)
+            on_failure(exc)
 
     def download(self, step: int, into: Path) -> None:
         """Download the files of ``step`` into the (empty, temporary) directory ``into``;

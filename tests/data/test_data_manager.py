@@ -1,0 +1,251 @@
+"""The DataManager with the real parts: save and resume through the engine, each resume
+rule, 1.0.0 runs, corruption, and a bit-exact resume of a training loop."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_tree_equal
+
+from alphatriangle.config import EnvConfig, ModelConfig, PersistenceConfig, TrainConfig
+from alphatriangle.data import CheckpointCorruptError, DataManager, LoadedTrainingState
+from alphatriangle.nn import NeuralNetwork
+from alphatriangle.rl.core import ExperienceBuffer
+from alphatriangle.utils.types import ColumnarBatch
+
+LEGACY_RUN = (
+    Path(__file__).resolve().parents[3]
+    / "shared/fixtures/legacy-alphatriangle-1.0.0/runs/train_20250410_093000"
+)
+MODEL = ModelConfig(
+    CONV_FILTERS=[4], CONV_KERNEL_SIZES=[3], FC_DIMS_SHARED=[16], VALUE_HEAD_DIMS=[8]
+)
+
+
+def _persist(root: Path, **fields: Any) -> PersistenceConfig:
+    return PersistenceConfig(ROOT_DATA_DIR=str(root), MLFLOW_SYNC=False, **fields)
+
+
+def _train(run: str = "train_20260101_000000", **fields: Any) -> TrainConfig:
+    defaults: dict[str, Any] = {
+        "BUFFER_CAPACITY": 64,
+        "MIN_BUFFER_SIZE_TO_TRAIN": 8,
+        "BATCH_SIZE": 8,
+        "CHECKPOINT_SAVE_FREQ_STEPS": 5,
+        "DEVICE": "cpu",
+    }
+    return TrainConfig(RUN_NAME=run, **{**defaults, **fields})
+
+
+class _Parts:
+    """A network, its optimizer and a replay buffer, seeded."""
+
+    def __init__(self, train: TrainConfig, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.nn = NeuralNetwork(MODEL, EnvConfig(), train, torch.device("cpu"))
+        self.optimizer = torch.optim.Adam(self.nn.model.parameters(), lr=1e-3)
+        self.buffer = ExperienceBuffer(train, EnvConfig(), MODEL, seed=seed)
+
+    def fill(self, count: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        policy = rng.random((count, 360), dtype=np.float32)
+        self.buffer.add_batch(
+            ColumnarBatch(
+                grid=rng.random((count, 2, 8, 15), dtype=np.float32),
+                other_features=rng.random((count, 30), dtype=np.float32),
+                policy_target=policy / policy.sum(axis=1, keepdims=True),
+                value_target=rng.standard_normal(count),
+            )
+        )
+
+    def train_step(self, step: int) -> float:
+        sample = self.buffer.sample(8, current_train_step=step)
+        assert sample is not None
+        batch = sample["batch"]
+        logits, value = self.nn.model(
+            torch.from_numpy(batch["grid"]), torch.from_numpy(batch["other_features"])
+        )
+        target = torch.from_numpy(batch["policy_target"])
+        loss = (
+            -(target * torch.log_softmax(logits, 1)).sum(1).mean()
+            + ((value - torch.from_numpy(batch["value_target"]).float()) ** 2).mean()
+        )
+        self.optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        errors = (value.detach() - torch.from_numpy(batch["value_target"]).float()).numpy()
+        self.buffer.update_priorities(sample["indices"], errors)
+        self.fill(2, seed=1000 + step)  # self-play goes on: new experiences each step
+        return float(loss)
+
+
+def _save(dm: DataManager, parts: _Parts, step: int, **kwargs: Any) -> Any:
+    return dm.save_training_state(
+        parts.nn, parts.optimizer, None, parts.buffer, step, step * 2, step * 10, **kwargs
+    )
+
+
+def test_save_returns_once_staged_and_resume_restores_everything(tmp_path: Path) -> None:
+    train = _train()
+    parts = _Parts(train)
+    parts.fill(40, seed=1)
+    parts.train_step(0)
+    with DataManager(_persist(tmp_path), train) as dm:
+        assert dm.load_initial_state() == LoadedTrainingState()  # fresh
+        handle = _save(dm, parts, 10, is_final=True, user_data={"note": "x"})
+        assert handle is not None and handle.staged.done()  # returned once staged
+        step_dir = handle.result(timeout=60)
+        assert step_dir.name == "step_000000010"
+        assert _save(dm, parts, 11) is None  # not due
+    again = _Parts(train, seed=5)
+    with DataManager(_persist(tmp_path), train) as dm:
+        loaded = dm.load_initial_state()
+        counters = DataManager.apply_loaded_state(
+            loaded, again.nn, again.optimizer, buffer=again.buffer
+        )
+    assert counters == (10, 20, 100)
+    assert loaded.checkpoint_data is not None and loaded.checkpoint_data.user_data == {"note": "x"}
+    assert_tree_equal(again.nn.get_weights(), parts.nn.get_weights())
+    assert_tree_equal(again.optimizer.state_dict(), parts.optimizer.state_dict())
+    assert_tree_equal(
+        {k: v for k, v in again.buffer.state_dict().items() if k != "rng"},
+        {k: v for k, v in parts.buffer.state_dict().items() if k != "rng"},
+    )
+
+
+def test_checkpoint_and_buffer_frequencies_and_retention(tmp_path: Path) -> None:
+    train = _train(CHECKPOINT_SAVE_FREQ_STEPS=5)
+    persist = _persist(tmp_path, BUFFER_SAVE_FREQ_STEPS=20, KEEP_LATEST_CHECKPOINTS=2)
+    parts = _Parts(train)
+    parts.fill(20, seed=2)
+    with DataManager(persist, train) as dm:
+        for step in range(1, 31):
+            _save(dm, parts, step, is_best=step == 10)
+        dm.wait_until_finished()
+        steps = dm.manager.all_steps()
+        # 25, 30: the newest; 10: the best; 20: the newest holding the buffer.
+        assert steps == [10, 20, 25, 30]
+        assert dm.get_buffer_path().name == "step_000000020"
+        assert dm.get_checkpoint_path(is_best=True).name == "step_000000010"
+        assert dm.get_checkpoint_path().name == "step_000000030"
+
+
+def test_resume_rules_explicit_path_and_previous_run(tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level(logging.INFO)
+    first = _train("train_20260101_000000")
+    parts = _Parts(first)
+    parts.fill(20, seed=3)
+    with DataManager(_persist(tmp_path), first) as dm:
+        _save(dm, parts, 5, is_final=True)
+    # A later run resumes from the newest previous run, by its timestamp.
+    later = _train("train_20260102_000000")
+    with DataManager(_persist(tmp_path), later) as dm:
+        loaded = dm.load_initial_state()
+        assert loaded.checkpoint_data is not None and loaded.checkpoint_data.global_step == 5
+        assert loaded.buffer_data is not None and loaded.buffer_data.buffer_state is not None
+    assert "resuming from run train_20260101_000000, step 5" in caplog.text
+    # An explicit step directory wins over everything.
+    step_dir = tmp_path / "runs" / "train_20260101_000000" / "checkpoints" / "step_000000005"
+    explicit = _train("train_20260103_000000", LOAD_CHECKPOINT_PATH=str(step_dir))
+    with DataManager(_persist(tmp_path), explicit) as dm:
+        loaded = dm.load_initial_state()
+        assert loaded.checkpoint_data is not None and loaded.checkpoint_data.global_step == 5
+    no_auto = _train("train_20260104_000000", AUTO_RESUME_LATEST=False)
+    with DataManager(_persist(tmp_path), no_auto) as dm:
+        assert dm.load_initial_state() == LoadedTrainingState()
+    assert "starting fresh" in caplog.text
+
+
+def test_a_1_0_0_run_resumes_and_continues_in_the_new_format(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(LEGACY_RUN, runs / LEGACY_RUN.name)
+    train = _train("train_20260101_000000")
+    persist = _persist(tmp_path)
+    with DataManager(persist, train) as dm:
+        loaded = dm.load_initial_state()
+        assert loaded.checkpoint_data is not None
+        assert loaded.checkpoint_data.global_step == 2500
+        assert loaded.buffer_data is not None and len(loaded.buffer_data.buffer_list) == 200
+        parts = _Parts(train)
+        DataManager.apply_loaded_state(
+            LoadedTrainingState(buffer_data=loaded.buffer_data),
+            parts.nn,
+            parts.optimizer,
+            buffer=parts.buffer,
+        )
+        assert len(parts.buffer) == 64  # the newest 200 experiences, in a buffer of 64
+        handle = _save(dm, parts, 2501, is_final=True)
+        assert handle is not None and handle.result(60).name == "step_000002501"
+    explicit = _train(
+        "train_20260102_000000",
+        LOAD_CHECKPOINT_PATH=str(runs / LEGACY_RUN.name / "checkpoints" / "latest.pkl"),
+    )
+    with DataManager(persist, explicit) as dm:
+        assert dm.load_initial_state().checkpoint_data.global_step == 2500  # type: ignore[union-attr]
+
+
+def test_corrupt_steps_fall_back_loudly_and_all_corrupt_raises(tmp_path: Path, caplog: Any) -> None:
+    train = _train()
+    parts = _Parts(train)
+    parts.fill(20, seed=4)
+    with DataManager(_persist(tmp_path, KEEP_LATEST_CHECKPOINTS=5), train) as dm:
+        for step in (5, 10):
+            _save(dm, parts, step, is_final=True)
+    checkpoints = tmp_path / "runs" / train.RUN_NAME / "checkpoints"
+    newest = checkpoints / "step_000000010" / "checkpoint.data"
+    newest.write_bytes(newest.read_bytes()[:-10])  # truncated
+    with DataManager(_persist(tmp_path), train) as dm:
+        loaded = dm.load_initial_state()
+        assert loaded.checkpoint_data is not None and loaded.checkpoint_data.global_step == 5
+    assert "skipping corrupt step 10" in caplog.text
+    older = checkpoints / "step_000000005" / "checkpoint.data"
+    raw = bytearray(older.read_bytes())
+    raw[100] ^= 0xFF
+    older.write_bytes(bytes(raw))
+    with DataManager(_persist(tmp_path), train) as dm, pytest.raises(CheckpointCorruptError):
+        dm.load_initial_state()  # never a silent fresh start
+
+
+def test_resume_is_bit_exact(tmp_path: Path) -> None:
+    """N steps, save, resume in new objects, N steps == 2N steps unbroken."""
+    train = _train()
+
+    def run(parts: _Parts, steps: range) -> list[float]:
+        return [parts.train_step(step) for step in steps]
+
+    torch.manual_seed(123)
+    unbroken = _Parts(train)
+    unbroken.fill(40, seed=9)
+    np.random.seed(7)
+    expected = run(unbroken, range(10))
+
+    torch.manual_seed(123)
+    first = _Parts(train)
+    first.fill(40, seed=9)
+    np.random.seed(7)
+    losses = run(first, range(5))
+    with DataManager(_persist(tmp_path), train) as dm:
+        _save(dm, first, 5, is_final=True)
+    torch.manual_seed(999)  # whatever the new process does first is undone by the resume
+    second = _Parts(train, seed=77)
+    with DataManager(_persist(tmp_path), train) as dm:
+        DataManager.apply_loaded_state(
+            dm.load_initial_state(), second.nn, second.optimizer, buffer=second.buffer
+        )
+    losses += run(second, range(5, 10))
+    assert losses == expected
+    assert_tree_equal(second.nn.get_weights(), unbroken.nn.get_weights())
+
+
+def test_run_config_is_written_atomically(tmp_path: Path) -> None:
+    with DataManager(_persist(tmp_path), _train()) as dm:
+        path = dm.save_run_config({"seed": 7, "model": MODEL.model_dump()})
+    assert path.name == "configs.json" and '"seed": 7' in path.read_text()
+    assert not list(path.parent.glob(".*.tmp"))
