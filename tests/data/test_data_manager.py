@@ -82,7 +82,7 @@ class _Parts:
         errors = (value.detach() - torch.from_numpy(batch["value_target"]).float()).numpy()
         self.buffer.update_priorities(sample["indices"], errors)
         self.fill(2, seed=1000 + step)  # self-play goes on: new experiences each step
-        return float(loss)
+        return float(loss.detach())
 
 
 def _save(dm: DataManager, parts: _Parts, step: int, **kwargs: Any) -> Any:
@@ -249,3 +249,48 @@ def test_run_config_is_written_atomically(tmp_path: Path) -> None:
         path = dm.save_run_config({"seed": 7, "model": MODEL.model_dump()})
     assert path.name == "configs.json" and '"seed": 7' in path.read_text()
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_the_stats_actor_round_trips_through_a_real_local_ray(
+    tmp_path: Path, ray_local: Any
+) -> None:
+    from alphatriangle.stats import StatsCollectorActor
+
+    train = _train()
+    parts = _Parts(train)
+    actor = StatsCollectorActor.remote()  # type: ignore[attr-defined]
+    ray_local.get([actor.log.remote("loss", 1.0 / (s + 1), s) for s in range(5)])
+    with DataManager(_persist(tmp_path), train) as dm:
+        dm.save_training_state(
+            parts.nn, parts.optimizer, actor, parts.buffer, 5, 1, 1, is_final=True
+        )
+    restored = StatsCollectorActor.remote()  # type: ignore[attr-defined]
+    with DataManager(_persist(tmp_path), train) as dm:
+        DataManager.apply_loaded_state(
+            dm.load_initial_state(), parts.nn, parts.optimizer, stats_collector_actor=restored
+        )
+    assert ray_local.get(restored.get_metric_data.remote()) == ray_local.get(
+        actor.get_metric_data.remote()
+    )
+    ray_local.kill(actor)
+
+
+@pytest.mark.slow
+def test_a_new_machine_resumes_from_the_mlflow_run(tmp_path: Path) -> None:
+    train = _train()
+    parts = _Parts(train)
+    parts.fill(20, seed=6)
+    first = PersistenceConfig(ROOT_DATA_DIR=str(tmp_path / "first"))
+    with DataManager(first, train) as dm:
+        _save(dm, parts, 5, is_final=True)
+        assert dm.manager.wait_for_uploads(timeout=60)
+    # Another machine: its own data root, the same MLflow store and run name.
+    elsewhere = PersistenceConfig(
+        ROOT_DATA_DIR=str(tmp_path / "elsewhere"),
+        MLFLOW_TRACKING_URI_OVERRIDE=first.MLFLOW_TRACKING_URI,
+    )
+    with DataManager(elsewhere, train) as dm:
+        loaded = dm.load_initial_state()
+    assert loaded.checkpoint_data is not None and loaded.checkpoint_data.global_step == 5
+    assert_tree_equal(loaded.checkpoint_data.model_state_dict, dict(parts.nn.model.state_dict()))
+    assert loaded.buffer_data is not None and loaded.buffer_data.buffer_state is not None
