@@ -48,6 +48,7 @@ from alphatriangle.data.checkpoint import (
     SaveHandle,
     SaveInterval,
     SavePolicy,
+    StepExistsError,
 )
 from alphatriangle.data.checkpoint.commit import fsync_dir
 from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, step_dir_name, step_from_dir_name
@@ -121,7 +122,10 @@ class DataManager:
         if train_config.CHECKPOINT_SAVE_FREQ_SECONDS is not None:
             seconds = SaveInterval(train_config.CHECKPOINT_SAVE_FREQ_SECONDS)
             self._checkpoint_policy = self._checkpoint_policy | seconds
-        self._last_checkpoint: tuple[int, float] | None = None
+        # Wall-time saving counts from the last checkpoint saved by this manager, or from
+        # its creation: a resumed run does not save at its first step.
+        self._last_checkpoint_step: int | None = None
+        self._last_checkpoint_time: float = clock()
 
     def _options(self) -> CheckpointManagerOptions:
         persist = self.persist_config
@@ -200,8 +204,9 @@ class DataManager:
         it for best-K retention and ``best_step()``."""
         persist = self.persist_config
         now = self._clock()
-        last = self._last_checkpoint
-        context = SaveContext(global_step, now, last and last[0], last and last[1])
+        context = SaveContext(
+            global_step, now, self._last_checkpoint_step, self._last_checkpoint_time
+        )
         checkpoint_due = is_final or is_best or self._checkpoint_policy.should_save(context)
         buffer_due = (
             persist.SAVE_BUFFER
@@ -234,9 +239,13 @@ class DataManager:
         step_metrics = dict(metrics or {})
         if is_best:
             step_metrics["is_best"] = 1.0
-        handle = self.manager.save(global_step, items=items, metrics=step_metrics, force=True)
+        try:
+            handle = self.manager.save(global_step, items=items, metrics=step_metrics, force=True)
+        except StepExistsError:  # saved moments ago and still in flight (a final save, say)
+            logger.info("step %d is being saved already: nothing more to save", global_step)
+            return None
         if checkpoint_due and handle is not None:
-            self._last_checkpoint = (global_step, now)
+            self._last_checkpoint_step, self._last_checkpoint_time = global_step, now
         return handle
 
     def _checkpoint_tree(

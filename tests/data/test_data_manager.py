@@ -294,3 +294,17 @@ def test_a_new_machine_resumes_from_the_mlflow_run(tmp_path: Path) -> None:
     assert loaded.checkpoint_data is not None and loaded.checkpoint_data.global_step == 5
     assert_tree_equal(loaded.checkpoint_data.model_state_dict, dict(parts.nn.model.state_dict()))
     assert loaded.buffer_data is not None and loaded.buffer_data.buffer_state is not None
+
+
+def test_checkpoints_are_due_by_steps_or_by_wall_time(tmp_path: Path) -> None:
+    now = [1000.0]
+    train = _train(CHECKPOINT_SAVE_FREQ_STEPS=1000, CHECKPOINT_SAVE_FREQ_SECONDS=60.0)
+    parts = _Parts(train)
+    persist = _persist(tmp_path, SAVE_BUFFER=False, KEEP_LATEST_CHECKPOINTS=10)
+    with DataManager(persist, train, clock=lambda: now[0]) as dm:
+        for step, at in ((1, 1010.0), (2, 1061.0), (3, 1070.0), (4, 1125.0), (1000, 1130.0)):
+            now[0] = at
+            _save(dm, parts, step)
+        assert _save(dm, parts, 1000, is_final=True) is None  # saved already: nothing more
+        dm.wait_until_finished()
+        assert dm.manager.all_steps() == [2, 4, 1000]
