@@ -48,7 +48,7 @@ from alphatriangle.data.checkpoint.reading import (
     read_selected,
     verify_step,
 )
-from alphatriangle.data.checkpoint.retention import StepInfo, best_of
+from alphatriangle.data.checkpoint.retention import RetentionPolicy, StepInfo, best_of
 from alphatriangle.data.checkpoint.save_decision import SaveContext
 from alphatriangle.data.checkpoint.staging import (
     StagedState,
@@ -392,15 +392,26 @@ class CheckpointManager:
             protected |= self._sync.pending()
         if len(steps) <= 1:
             return
-        # Manifests are read (once per step, then cached) whatever the policy: the newest
-        # step holding each item is protected, and only manifests say which items a step has.
-        infos, unreadable = self._step_infos(steps, metadata=True)
-        keep = self.options.retention.keep(infos, self._clock())
-        newest_per_item = {item: info.step for info in infos for item in info.items}
-        keep |= protected | unreadable | {steps[-1]} | set(newest_per_item.values())
+        keep = self.plan_retention(steps=steps) | protected
         for step in steps:
             if step not in keep and not self._delete_step(step):
                 logger.info("step %d is being read; retention deletes it later", step)
+
+    def plan_retention(
+        self, policy: RetentionPolicy | None = None, *, steps: list[int] | None = None
+    ) -> set[int]:
+        """The committed steps that ``policy`` (the configured one when None) keeps, with
+        what no policy may delete: the newest step, the newest step holding each item, and
+        steps whose manifest cannot be read. Decides only; deletes nothing."""
+        steps = self.all_steps() if steps is None else steps
+        if not steps:
+            return set()
+        # Manifests are read (once per step, then cached) whatever the policy: only they say
+        # which items a step holds.
+        infos, unreadable = self._step_infos(steps, metadata=True)
+        keep = (policy or self.options.retention).keep(infos, self._clock())
+        newest_per_item = {item: info.step for info in infos for item in info.items}
+        return keep | unreadable | {steps[-1]} | set(newest_per_item.values())
 
     def _step_infos(self, steps: list[int], *, metadata: bool) -> tuple[list[StepInfo], set[int]]:
         """StepInfo of each step, with wall times and metrics when ``metadata`` (manifests are
