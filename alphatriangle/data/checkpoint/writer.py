@@ -65,6 +65,7 @@ class BackgroundWriter:
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        _register_exit_hook()
         _live_writers.add(self)
 
     def submit(
@@ -190,4 +191,14 @@ def _finish_at_exit() -> None:
                 logger.error("step %d was not saved before exit: %r", handle.step, error)
 
 
-atexit.register(_finish_at_exit)
+_exit_hook_registered = False
+_exit_hook_lock = threading.Lock()
+
+
+def _register_exit_hook() -> None:
+    """Register :func:`_finish_at_exit` once, when the first writer starts (not at import)."""
+    global _exit_hook_registered  # noqa: PLW0603 - one registration per process
+    with _exit_hook_lock:
+        if not _exit_hook_registered:
+            atexit.register(_finish_at_exit)
+            _exit_hook_registered = True
