@@ -88,12 +88,16 @@ def test_delete_refuses_missing_in_flight_and_read_steps(ckpt_dir: Path) -> None
     with CheckpointManager(ckpt_dir, options) as manager:
         with pytest.raises(CheckpointNotFoundError):
             manager.delete(3)
-        manager.save(1, {"w": torch.zeros(4 << 20)})  # 16 MB: still in flight right after
-        if manager.saving_in_progress():
-            with pytest.raises(StepExistsError, match="being saved"):
-                manager.delete(1)
+        manager.save(1, {"w": torch.zeros(4)})
         manager.wait_until_finished()
         assert not manager.saving_in_progress()
+        with manager._state_lock:  # as a save of step 1 in flight would have it
+            manager._in_flight.add(1)
+        assert manager.saving_in_progress()
+        with pytest.raises(StepExistsError, match="being saved"):
+            manager.delete(1)
+        with manager._state_lock:
+            manager._in_flight.discard(1)
         held, release = threading.Event(), threading.Event()
 
         def read_and_hold() -> None:
@@ -225,13 +229,15 @@ def test_save_policy_and_interval_shorthand_exclude_each_other() -> None:
 def test_a_save_that_waits_for_the_previous_one_warns(
     ckpt_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    big = {"w": torch.randn(16 << 20)}  # 64 MB: the second save finds the first in flight
+    caplog.set_level(logging.WARNING)
     with CheckpointManager(ckpt_dir, ALL) as manager:
-        caplog.set_level(logging.WARNING)
-        manager.save(0, big)
-        in_flight = manager.saving_in_progress()
+        pool = manager._pool
+        assert pool is not None
+        held = pool.acquire(block=True)  # the one staging slot, as an unfinished save holds it
+        assert held is not None
+        threading.Timer(0.2, pool.release, args=(held,)).start()
         began = time.perf_counter()
-        manager.save(1, big)
-        waited = time.perf_counter() - began
-    if in_flight and waited > 0.01:
-        assert "waited" in caplog.text and "checkpointing is the bottleneck" in caplog.text
+        manager.save(1, {"w": torch.ones(3)})
+        assert time.perf_counter() - began >= 0.15
+    assert "save of step 1 waited" in caplog.text
+    assert "checkpointing is the bottleneck" in caplog.text
