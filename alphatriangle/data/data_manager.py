@@ -51,7 +51,12 @@ from alphatriangle.data.checkpoint import (
     StepExistsError,
 )
 from alphatriangle.data.checkpoint.commit import fsync_dir
-from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, step_dir_name, step_from_dir_name
+from alphatriangle.data.checkpoint.layout import (
+    MANIFEST_NAME,
+    scan_steps,
+    step_dir_name,
+    step_from_dir_name,
+)
 from alphatriangle.data.legacy import (
     legacy_checkpoint_files,
     load_legacy_buffer,
@@ -472,12 +477,7 @@ class DataManager:
 
 
 def _has_steps(directory: Path) -> bool:
-    if not directory.is_dir():
-        return False
-    return any(
-        step_from_dir_name(p.name) is not None and (p / MANIFEST_NAME).is_file()
-        for p in directory.iterdir()
-    )
+    return bool(scan_steps(directory).steps)
 
 
 def _step_of(state: LoadedTrainingState) -> int | None:

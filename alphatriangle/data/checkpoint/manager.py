@@ -408,17 +408,15 @@ class CheckpointManager:
             return set()
         # Manifests are read (once per step, then cached) whatever the policy: only they say
         # which items a step holds.
-        infos, unreadable = self._step_infos(steps, metadata=True)
+        infos, unreadable = self._step_infos(steps)
         keep = (policy or self.options.retention).keep(infos, self._clock())
         newest_per_item = {item: info.step for info in infos for item in info.items}
         return keep | unreadable | {steps[-1]} | set(newest_per_item.values())
 
-    def _step_infos(self, steps: list[int], *, metadata: bool) -> tuple[list[StepInfo], set[int]]:
-        """StepInfo of each step, with wall times and metrics when ``metadata`` (manifests are
-        read once per step, then cached); steps whose manifest cannot be read are returned
-        apart, and retention never deletes them."""
-        if not metadata:
-            return [StepInfo(s, float("nan")) for s in steps], set()
+    def _step_infos(self, steps: list[int]) -> tuple[list[StepInfo], set[int]]:
+        """StepInfo of each step: wall time, metrics, items (manifests are read once per
+        step, then cached); steps whose manifest cannot be read are returned apart, and
+        retention never deletes them."""
         infos, unreadable = [], set()
         for step in steps:
             with self._state_lock:
@@ -464,7 +462,7 @@ class CheckpointManager:
                 "best_step needs a ranking: set best_metric in the options, "
                 "or use a KeepBest in retention"
             )
-        infos, _ = self._step_infos(self.all_steps(), metadata=True)
+        infos, _ = self._step_infos(self.all_steps())
         best = best_of(infos, ranking.metric, ranking.mode)
         return best[0] if best else None
 
@@ -541,7 +539,7 @@ class CheckpointManager:
             info is not None and info.items != {DEFAULT_ITEM} for info in self._infos.values()
         ):
             return steps[::-1]
-        infos, unreadable = self._step_infos(steps, metadata=True)
+        infos, unreadable = self._step_infos(steps)
         holding = {info.step for info in infos if item in info.items} | unreadable
         return [s for s in reversed(steps) if s in holding]
 

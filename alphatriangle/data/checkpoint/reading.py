@@ -682,16 +682,6 @@ def _unpickle(
         raise _corrupt(step_dir / name, manifest.step, why) from exc
 
 
-class _UncountedObjects(list[Any]):
-    """Stands for the objects of an item that :func:`verify_step` does not unpickle."""
-
-    def __len__(self) -> int:
-        return sys.maxsize
-
-    def __getitem__(self, index: Any) -> None:  # type: ignore[override]
-        return None
-
-
 def _check_file(path: Path, entry: Mapping[str, Any], step: int, *, signed: bool) -> None:
     """Stream one file through its digest in a reused buffer; nothing is kept."""
     digest_name = FILE_DIGEST if signed else CHECKSUM
@@ -724,7 +714,7 @@ def verify_step(step_dir: Path, manifest: Manifest, *, signing_key: bytes | None
         _check_file(step_dir / name, manifest.files[name], manifest.step, signed=signed)
     for item in manifest.items:
         index = _read_index(step_dir, manifest, item, verify=False, signed=signed)
-        objects = _UncountedObjects() if f"{item}.objects.pkl" in manifest.files else None
+        objects = _PickledPlaceholders() if f"{item}.objects.pkl" in manifest.files else None
         try:
             decode_tree(index.tree, [None] * len(index.specs), objects)
         except TreeError as exc:

@@ -24,7 +24,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
 __all__ = [
     "AllOf",
@@ -54,16 +54,9 @@ class StepInfo:
 class RetentionPolicy(ABC):
     """Decides which committed steps to keep. Subclasses are frozen dataclasses."""
 
-    #: Whether the policy reads wall times or metrics; when no part of a policy does, the
-    #: manager decides from step numbers alone, without reading manifests.
-    needs_metadata: ClassVar[bool] = True
-
     @abstractmethod
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
         """The step numbers kept, out of ``steps`` (sorted by ascending step)."""
-
-    def uses_metadata(self) -> bool:
-        return self.needs_metadata
 
     def parts(self) -> Iterator[RetentionPolicy]:
         """This policy and, for compositions, every policy inside it."""
@@ -94,8 +87,6 @@ def _require(condition: bool, message: str) -> None:
 class KeepAll(RetentionPolicy):
     """Keep every step: retention is off."""
 
-    needs_metadata: ClassVar[bool] = False
-
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
         return {s.step for s in steps}
 
@@ -106,7 +97,6 @@ class KeepLatest(RetentionPolicy):
     protected by the manager regardless)."""
 
     n: int
-    needs_metadata: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _require(
@@ -122,7 +112,6 @@ class KeepEvery(RetentionPolicy):
     """Keep steps divisible by ``steps`` (milestones: 1000, 2000, ...)."""
 
     steps: int
-    needs_metadata: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _require(
@@ -225,9 +214,6 @@ class _Composition(RetentionPolicy):
 
     def __post_init__(self) -> None:
         _require(len(self.policies) > 0, f"{type(self).__name__} needs at least one policy")
-
-    def uses_metadata(self) -> bool:
-        return any(p.uses_metadata() for p in self.policies)
 
     def parts(self) -> Iterator[RetentionPolicy]:
         yield self

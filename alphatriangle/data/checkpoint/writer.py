@@ -149,10 +149,6 @@ class BackgroundWriter:
         if not seen:
             raise error
 
-    def pending_steps(self) -> list[int]:
-        with self._idle:
-            return [handle.step for handle in self._pending]
-
     def wait_idle(self) -> None:
         with self._idle:
             self._idle.wait_for(lambda: not self._pending)
