@@ -44,9 +44,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: a reference run with checkpointing on the embedded defaults."""
+    """The main job: the reference training run (``alphatriangle train``) on the embedded
+    defaults: checkpoints and a local MLflow store under ./.alphatriangle_data, local Ray."""
     _install(session)
-    session.run("alphatriangle", "demo", *session.posargs)
+    session.run("alphatriangle", "train", *session.posargs)
 
 
 @nox.session

@@ -49,11 +49,16 @@ def _readers(path: Path) -> Iterator[Any]:
             yield reader
 
 
-def _pending_uploads(directory: Path) -> set[int]:
+def _pending_uploads(directory: Path) -> set[int] | None:
+    """Steps waiting for upload; None when the directory is not synced (no ledger)."""
+    ledger = directory / ".uploads.json"
+    if not ledger.exists():
+        return None
     try:
-        return set(json.loads((directory / ".uploads.json").read_text())["pending"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        return set(json.loads(ledger.read_text())["pending"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        typer.echo(f"{ledger}: unreadable upload ledger ({exc})", err=True)
+        return None
 
 
 @ckpt_app.command("list")
@@ -69,7 +74,7 @@ def list_steps(path: PathArg) -> None:
             meta = reader.metadata(step)
             size = sum(f["size"] for f in meta["files"].values())
             when = dt.datetime.fromtimestamp(meta["wall_time"]).isoformat(timespec="seconds")
-            upload = "pending upload" if step in pending else ""
+            upload = "" if pending is None else "pending upload" if step in pending else "uploaded"
             typer.echo(
                 f"  {step:>12}  {size / 1e6:10.1f} MB  {when}  items={','.join(meta['items'])}  "
                 f"{json.dumps(meta['metrics'])}  {upload}".rstrip()

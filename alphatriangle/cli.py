@@ -26,17 +26,45 @@ def version() -> None:
 
 
 @app.command()
-def demo(
-    directory: Annotated[Path, typer.Option(help="Where the demo writes its checkpoints.")] = Path(
-        "runs/demo/checkpoints"
-    ),
-    steps: Annotated[int, typer.Option(min=1, help="Training steps to run.")] = 200,
+def train(  # noqa: PLR0917 - typer maps each option to a parameter
+    root: Annotated[
+        Path | None, typer.Option(help="Data root (PersistenceConfig.ROOT_DATA_DIR).")
+    ] = None,
+    run_name: Annotated[
+        str | None, typer.Option(help="Run name; an existing run resumes. Default: timestamped.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Train until this global step.")] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(min=1, help="Checkpoint and buffer every K steps (default 100 and 1000)."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Self-play workers.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML or JSON file overriding any config field.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Random seed.")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking server (default: a store under root).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="An existing Ray cluster (default: a local Ray).")
+    ] = None,
 ) -> None:
-    """The reference run is not built yet: this runs a small training loop with async
-    checkpointing every 20 steps instead, then restores the newest checkpoint."""
-    from alphatriangle.demo import run_demo
+    """Train with Ray self-play workers, checkpointing as it goes; resume a run that has
+    checkpoints. SIGTERM or Ctrl-C stop after a final checkpoint (Ctrl-C twice: at once)."""
+    from alphatriangle.training.cli_run import train_command
 
-    run_demo(directory, steps)
+    train_command(
+        root=root,
+        run_name=run_name,
+        steps=steps,
+        save_every=save_every,
+        workers=workers,
+        config=config,
+        seed=seed,
+        tracking_uri=tracking_uri,
+        ray_address=ray_address,
+    )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,18 @@
 construction with messages naming the field."""
 
 from alphatriangle.config.env_config import EnvConfig
+from alphatriangle.config.mcts_config import MCTSConfig
 from alphatriangle.config.model_config import ModelConfig
 from alphatriangle.config.persistence_config import PersistenceConfig
+from alphatriangle.config.run_config import ConfigFileError, RunConfigs
 from alphatriangle.config.train_config import TrainConfig
 
-__all__ = ["EnvConfig", "ModelConfig", "PersistenceConfig", "TrainConfig"]
+__all__ = [
+    "ConfigFileError",
+    "EnvConfig",
+    "MCTSConfig",
+    "ModelConfig",
+    "PersistenceConfig",
+    "RunConfigs",
+    "TrainConfig",
+]

@@ -20,7 +20,8 @@ class TrainConfig(BaseModel):
     ``MIN_BUFFER_SIZE_TO_TRAIN`` are in; batches of ``BATCH_SIZE``. Prioritised replay
     (``USE_PER``): priority ``(|td error| + PER_EPSILON) ** PER_ALPHA``, importance weights
     with beta annealed linearly from ``PER_BETA_INITIAL`` to ``PER_BETA_FINAL`` over
-    ``PER_BETA_ANNEAL_STEPS`` training steps."""
+    ``PER_BETA_ANNEAL_STEPS`` training steps. Self-play: ``NUM_SELF_PLAY_WORKERS`` Ray
+    workers, sent the learner's weights every ``WORKER_UPDATE_FREQ_STEPS`` steps."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -48,6 +49,9 @@ class TrainConfig(BaseModel):
     PER_BETA_FINAL: float = Field(default=1.0, ge=0.0, le=1.0)
     PER_BETA_ANNEAL_STEPS: int | None = Field(default=None, ge=1)
     PER_EPSILON: float = Field(default=1e-5, gt=0.0, le=1.0)
+    # Self-play (1.0.0's names): workers, and how often they get the learner's weights.
+    NUM_SELF_PLAY_WORKERS: int = Field(default=2, ge=1, le=1024)
+    WORKER_UPDATE_FREQ_STEPS: int = Field(default=10, ge=1)
 
     @field_validator("RUN_NAME")
     @classmethod

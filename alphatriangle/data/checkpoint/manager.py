@@ -727,6 +727,12 @@ class CheckpointManager:
             self._writer.wait_idle()
         return sync.wait(timeout)
 
+    def mlflow_run_id(self) -> str:
+        """The MLflow run the steps go to: the configured one, else the active one, else the
+        newest run named ``run_name``, else a new one; resolved once (it may reach the
+        server), then kept in the upload ledger."""
+        return self._synced().run_id()
+
     def pending_uploads(self) -> list[int]:
         """Committed steps not yet uploaded (those in the ledger)."""
         return sorted(self._synced().pending())
