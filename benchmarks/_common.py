@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,25 +40,119 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - began
 
 
-def machine() -> dict[str, Any]:
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _cpu_model() -> str:
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 2**20, 1)
+    return None
+
+
+def filesystem(path: Path) -> str:
+    """The file system type of the mount that holds ``path`` (from /proc/mounts)."""
+    path = path.resolve()
+    best, kind = "", "unknown"
+    for line in _read("/proc/mounts").splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and str(path).startswith(fields[1]) and len(fields[1]) > len(best):
+            best, kind = fields[1], fields[2]
+    return kind
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in (
+        "alphatriangle",
+        "torch",
+        "numpy",
+        "safetensors",
+        "cloudpickle",
+        "orbax-checkpoint",
+        "jax",
+        "ray",
+        "mlflow",
+    ):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def machine(data_dir: Path | None = None) -> dict[str, Any]:
+    """CPU model and count, memory, the file system the data is written to, the GPU, and
+    library versions."""
     return {
+        "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "memory_gib": _memory_gib(),
+        "filesystem": filesystem(data_dir or Path(tempfile.gettempdir())),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "versions": _versions(),
     }
 
 
-def report(name: str, rows: list[tuple[str, float, str]], extra: dict[str, Any]) -> None:
-    """Print ``rows`` (label, seconds, baseline label) as a table of ratios; write JSON."""
-    values = {label: seconds for label, seconds, _ in rows}
+def command() -> str:
+    return " ".join(["python", *sys.argv])
+
+
+def summary(samples: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "samples": samples,
+    }
+
+
+Seconds = float | list[float]
+
+
+def report(name: str, rows: list[tuple[str, Seconds, str]], extra: dict[str, Any]) -> None:
+    """Print ``rows`` (label, seconds or the seconds of each repeat, baseline label) as a
+    table of medians and ratios of medians; write JSON with median, min and max of each,
+    the machine and the command."""
+    medians = {label: statistics.median(v) if isinstance(v, list) else v for label, v, _ in rows}
     print(f"\n{name}")
-    print(f"{'measure':<44} {'seconds':>9} {'ratio':>7}  baseline")
+    print(f"{'measure':<44} {'median s':>9} {'min':>9} {'max':>9} {'ratio':>7}  baseline")
     out = []
-    for label, seconds, baseline in rows:
-        ratio = seconds / values[baseline] if baseline else float("nan")
-        print(f"{label:<44} {seconds:9.4f} {ratio:7.2f}  {baseline or '-'}")
-        out.append({"measure": label, "seconds": seconds, "baseline": baseline, "ratio": ratio})
+    for label, value, baseline in rows:
+        samples = value if isinstance(value, list) else [value]
+        ratio = medians[label] / medians[baseline] if baseline else float("nan")
+        print(
+            f"{label:<44} {medians[label]:9.4f} {min(samples):9.4f} {max(samples):9.4f} "
+            f"{ratio:7.2f}  {baseline or '-'}"
+        )
+        out.append(
+            {
+                "measure": label,
+                "seconds": medians[label],
+                **summary(samples),
+                "baseline": baseline,
+                "ratio": ratio,
+            }
+        )
     RESULTS.mkdir(exist_ok=True)
-    payload = {"benchmark": name, "machine": machine(), "rows": out, **extra}
+    payload = {
+        "benchmark": name,
+        "command": command(),
+        "machine": machine(),
+        "rows": out,
+        **extra,
+    }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))

@@ -176,7 +176,8 @@ def run_training(
     echo: Callable[[str], None] = print,
 ) -> TrainingSummary:
     """Train to ``configs.train.MAX_TRAINING_STEPS`` (see the module docstring). With
-    ``checkpointing=False`` nothing is loaded or saved (the benchmarks' baseline)."""
+    ``checkpointing=False`` nothing is loaded or saved, all else (MLflow metrics included)
+    runs as usual: the benchmarks' baseline."""
     import ray
 
     from alphatriangle.stats import StatsCollectorActor
@@ -186,7 +187,7 @@ def run_training(
     target = train.MAX_TRAINING_STEPS
     assert target is not None
     _seed_everything(train.RANDOM_SEED)
-    data = DataManager(persist, train) if checkpointing else None
+    data = DataManager(persist, train)
     owns_ray = False
     workers: list[Any] = []
     metrics_logger: Any = None
@@ -195,7 +196,7 @@ def run_training(
         learner = Learner(network, train)
         buffer = ExperienceBuffer(train, configs.env, configs.model)
         # Read what to resume from first: an unreadable checkpoint fails before Ray starts.
-        loaded = None if data is None else data.load_initial_state()
+        loaded = data.load_initial_state() if checkpointing else None
         owns_ray = _start_ray(ray_address, train.NUM_SELF_PLAY_WORKERS)
         if owns_ray and ray_address is None:
             # Local workers take a core each; a learner spinning on every core starves them.
@@ -204,7 +205,7 @@ def run_training(
         stats_actor = StatsCollectorActor.remote()
         step = episodes = simulations = 0
         resumed_from = None
-        if data is not None and loaded is not None:
+        if loaded is not None:
             step, episodes, simulations = data.apply_loaded_state(
                 loaded,
                 network,
@@ -220,8 +221,8 @@ def run_training(
                     f"{len(buffer)} experiences, {episodes} games played, {simulations} "
                     f"simulations"
                 )
-            data.save_run_config(configs.as_dict())
-            metrics_logger = _metrics_logger(configs, data)
+        data.save_run_config(configs.as_dict())
+        metrics_logger = _metrics_logger(configs, data)
         summary = TrainingSummary(
             run_name=train.RUN_NAME,
             start_step=step,
@@ -229,8 +230,8 @@ def run_training(
             episodes_played=episodes,
             total_simulations=simulations,
             buffer_size=len(buffer),
-            checkpoint_dir=None if data is None else data.checkpoint_dir,
-            tracking_uri=persist.MLFLOW_TRACKING_URI if persist.MLFLOW_SYNC and data else None,
+            checkpoint_dir=data.checkpoint_dir if checkpointing else None,
+            tracking_uri=persist.MLFLOW_TRACKING_URI if persist.MLFLOW_SYNC else None,
             resumed_from=resumed_from,
         )
         if step >= target:
@@ -246,7 +247,7 @@ def run_training(
         )
         loop = _Loop(
             configs=configs,
-            data=data,
+            data=data if checkpointing else None,
             network=network,
             learner=learner,
             buffer=buffer,
@@ -266,8 +267,7 @@ def run_training(
             ray.kill(worker)
         if metrics_logger is not None:
             metrics_logger.close()
-        if data is not None:
-            data.close()
+        data.close()
         if owns_ray:
             ray.shutdown()
 
