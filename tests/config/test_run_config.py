@@ -57,5 +57,5 @@ def test_bad_files_name_the_file_and_the_field(tmp_path: Path, text: str, messag
 def test_a_missing_file_and_a_bad_flag(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="cannot read the config file"):
         RunConfigs.build(tmp_path / "absent.yaml")
-    with pytest.raises(ConfigFileError, match="(?s)the command line.*NUM_SELF_PLAY_WORKERS"):
+    with pytest.raises(ConfigFileError, match=r"(?s)the command line.*NUM_SELF_PLAY_WORKERS"):
         RunConfigs.build(None, {"NUM_SELF_PLAY_WORKERS": 0})

@@ -39,6 +39,7 @@ from alphatriangle.data.checkpoint.locking import (
     reader_lease,
     try_take_step,
 )
+from alphatriangle.data.checkpoint.mapping import PinnedChunks
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
 from alphatriangle.data.checkpoint.reading import (
     Selector,
@@ -134,6 +135,7 @@ class CheckpointManager:
             self._writer = BackgroundWriter(f"checkpoint-writer:{self.directory.name}")
         self.reload()
         self._sync: MlflowSync | None = None
+        self._pinned = PinnedChunks()  # allocated on the first restore to CUDA
         if self.options.mlflow is not None and self._writer is not None:
             self._sync = MlflowSync(
                 self.directory,
@@ -588,6 +590,8 @@ class CheckpointManager:
                         map_location=reading.map_location,
                         weights_only=reading.weights_only,
                         signing_key=key,
+                        mode=self.options.restore_mode,
+                        pinned=self._pinned,
                     )
             except StepGoneError:
                 if step is not None:

@@ -30,6 +30,10 @@ class CheckpointManagerOptions(BaseModel):
       the step in ``skipped_steps``).
     - ``verify_on_restore``: check every file's checksum on restore (sizes are always
       checked).
+    - ``restore_mode``: ``"mmap"`` (default): restored CPU tensors and arrays are views of
+      the data file mapped copy-on-write (writing to them never changes the checkpoint),
+      verified in one pass over the mapping; CUDA tensors stream from the mapping through
+      reused pinned chunks. ``"copy"``: read into freshly allocated memory, as before.
     - ``read_only``: open as a reader: no writer lock, no sweep, no save, no deletion.
     - ``retention``: which committed steps to keep (see ``retention.py``);
       ``KeepAll()`` keeps everything.
@@ -53,6 +57,7 @@ class CheckpointManagerOptions(BaseModel):
     max_pending: int = Field(default=1, ge=1, le=64)
     on_full: Literal["wait", "skip"] = "wait"
     verify_on_restore: bool = True
+    restore_mode: Literal["mmap", "copy"] = "mmap"
     read_only: bool = False
     retention: RetentionPolicy = Field(default_factory=lambda: KeepLatest(3))
     best_metric: str | None = None

@@ -56,6 +56,12 @@ from alphatriangle.data.checkpoint.format import (
     unseal,
 )
 from alphatriangle.data.checkpoint.layout import MANIFEST_NAME
+from alphatriangle.data.checkpoint.mapping import (
+    MappedDigest,
+    PinnedChunks,
+    map_data_file,
+    stream_to_device,
+)
 from alphatriangle.data.checkpoint.signing import (
     DIGEST_CHUNK,
     FILE_DIGEST,
@@ -560,9 +566,7 @@ def _array_in(arena: np.ndarray[Any, np.dtype[np.uint8]], spec: ArraySpec) -> An
     return region.view(np.dtype(spec.dtype)).reshape(spec.shape)
 
 
-def _finish_tensor(
-    tensor: torch.Tensor, spec: ArraySpec, map_location: Any, step_dir: Path, step: int
-) -> torch.Tensor:
+def _target_device(spec: ArraySpec, map_location: Any, step_dir: Path, step: int) -> torch.device:
     device = torch.device(map_location) if map_location is not None else torch.device(spec.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(
@@ -571,6 +575,13 @@ def _finish_tensor(
             path=step_dir,
             step=step,
         )
+    return device
+
+
+def _finish_tensor(
+    tensor: torch.Tensor, spec: ArraySpec, map_location: Any, step_dir: Path, step: int
+) -> torch.Tensor:
+    device = _target_device(spec, map_location, step_dir, step)
     if device.type != "cpu":
         tensor = tensor.to(device)
     return _mark(tensor, spec)
@@ -605,9 +616,16 @@ def read_item(
     map_location: Any = None,
     weights_only: bool = False,
     signing_key: bytes | None = None,
+    mode: str = "mmap",
+    pinned: PinnedChunks | None = None,
 ) -> Any:
     """Rebuild one item's state tree (``manifest`` comes from :func:`read_manifest`, with
     the same ``signing_key``).
+
+    ``mode="mmap"``: CPU tensors and arrays are views of the data file mapped copy-on-write
+    (``mapping.py``), verified in one pass over the mapping; CUDA tensors are streamed from
+    it through ``pinned`` chunks (other devices: ``.to(device)``). ``mode="copy"``: the file
+    is read into fresh memory, hashing each chunk while the next is read.
 
     Raises :class:`CheckpointCorruptError` naming the file for any violation (see the module
     docstring); :class:`WeightsOnlyError` naming where the objects sit when
@@ -628,6 +646,49 @@ def read_item(
             step=manifest.step,
         )
     data_name = f"{item}.data"
+    if mode == "mmap":
+        arrays = _mapped_arrays(
+            step_dir,
+            manifest,
+            data_name,
+            specs,
+            verify=verify,
+            signed=signed,
+            map_location=map_location,
+            pinned=pinned,
+        )
+    else:
+        arrays = _copied_arrays(
+            step_dir,
+            manifest,
+            data_name,
+            specs,
+            verify=verify,
+            signed=signed,
+            map_location=map_location,
+        )
+    for position, spec in enumerate(specs):
+        if spec.view_of is not None:  # storages first: views are made of them
+            arrays[position] = _make_view(arrays[spec.view_of], spec)
+    objects = None
+    if objects_name in manifest.files:
+        objects = _unpickle(step_dir, manifest, objects_name, arrays, verify=verify, signed=signed)
+    try:
+        return decode_tree(tree, arrays, objects)
+    except TreeError as exc:
+        raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+
+
+def _copied_arrays(
+    step_dir: Path,
+    manifest: Manifest,
+    data_name: str,
+    specs: list[ArraySpec],
+    *,
+    verify: bool,
+    signed: bool,
+    map_location: Any,
+) -> list[Any]:
     data_path = step_dir / data_name
     reader = _VerifiedReader(
         data_path, manifest.files[data_name], manifest.step, verify=verify, signed=signed
@@ -649,16 +710,68 @@ def read_item(
             if spec.framework == "torch":
                 array = _finish_tensor(array, spec, map_location, step_dir, manifest.step)
             arrays[position] = array
-    for position, spec in enumerate(specs):
-        if spec.view_of is not None:  # storages first: views are made of them
-            arrays[position] = _make_view(arrays[spec.view_of], spec)
-    objects = None
-    if objects_name in manifest.files:
-        objects = _unpickle(step_dir, manifest, objects_name, arrays, verify=verify, signed=signed)
+    return arrays
+
+
+def _mapped_arrays(
+    step_dir: Path,
+    manifest: Manifest,
+    data_name: str,
+    specs: list[ArraySpec],
+    *,
+    verify: bool,
+    signed: bool,
+    map_location: Any,
+    pinned: PinnedChunks | None,
+) -> list[Any]:
+    data_path, step = step_dir / data_name, manifest.step
+    entry = manifest.files[data_name]
+    expected = int(entry["size"])
+    fd, actual = _open_regular(data_path, step)
     try:
-        return decode_tree(tree, arrays, objects)
-    except TreeError as exc:
-        raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+        if actual != expected:
+            raise _corrupt(data_path, step, f"size {actual} bytes, manifest says {expected}")
+        # A private mapping may come to need as much memory as the file (when every page
+        # is written): the same limit as a copy.
+        _check_allocatable(data_path, step, expected)
+        try:
+            arena = map_data_file(fd, expected)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot map {data_path}: {exc}", path=data_path, step=step
+            ) from exc
+    finally:
+        os.close(fd)
+    digest_name = FILE_DIGEST if signed else CHECKSUM
+    digest = MappedDigest(arena, signed=signed) if verify else None
+    try:
+        arrays: list[Any] = [None] * len(specs)
+        streamed: dict[torch.device, list[int]] = {}
+        for position, spec in enumerate(specs):
+            if spec.view_of is not None:
+                continue
+            if spec.framework != "torch":
+                arrays[position] = _array_in(arena, spec)
+                continue
+            device = _target_device(spec, map_location, step_dir, step)
+            if device.type == "cuda" and spec.nbytes:
+                streamed.setdefault(device, []).append(position)
+            elif device.type == "cpu":
+                arrays[position] = _mark(_array_in(arena, spec), spec)
+            else:
+                arrays[position] = _mark(_array_in(arena, spec).to(device), spec)
+        for device, positions in streamed.items():
+            regions = [(specs[p].offset, specs[p].nbytes) for p in positions]
+            filled = stream_to_device(arena, regions, device, pinned or PinnedChunks())
+            for position, raw in zip(positions, filled, strict=True):
+                spec = specs[position]
+                tensor = raw.view(TORCH_DTYPES[spec.dtype]).view(spec.shape)
+                arrays[position] = _mark(tensor, spec)
+    finally:
+        intact = digest is None or digest.matches(entry.get(digest_name))
+    if not intact:
+        raise _mismatch(data_path, step, signed=signed)
+    return arrays
 
 
 def _unpickle(

@@ -55,3 +55,30 @@ def test_cuda_staging_uses_one_pinned_buffer_reused(ckpt_dir: Path) -> None:
         assert pool.allocations == 1
         assert all(buffer.pinned for buffer in pool.buffers())
         assert manager.restore(3)["w"][0].item() == 3.0
+
+
+@pytest.mark.parametrize("mode", ["mmap", "copy"])
+def test_cuda_restore_streams_through_small_pinned_chunks(ckpt_dir: Path, mode: str) -> None:
+    from alphatriangle.data.checkpoint.mapping import PinnedChunks
+
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        "big": torch.randn(3 << 20, generator=generator).cuda(),  # 12 MB: many chunks
+        "small": [torch.randn(n, generator=generator).cuda() for n in (1, 7, 1000)],
+        "half": torch.randn(5000, generator=generator).half().cuda(),
+        "empty": torch.empty(0, device="cuda"),
+        "array": torch.randn(100, generator=generator).numpy(),
+    }
+    options = CheckpointManagerOptions(restore_mode=mode)  # type: ignore[arg-type]
+    with CheckpointManager(ckpt_dir, options) as manager:
+        manager._pinned = PinnedChunks(chunk_bytes=1 << 20)
+        manager.save(0, state)
+        manager.wait_until_finished()
+        restored = manager.restore(0)
+        restored["big"].add_(1.0)  # a fresh device tensor: the step is untouched
+        again = manager.restore(0)
+    assert torch.equal(again["big"], state["big"])
+    assert all(torch.equal(a, b) for a, b in zip(again["small"], state["small"], strict=True))
+    assert again["half"].dtype == torch.float16 and torch.equal(again["half"], state["half"])
+    assert again["empty"].is_cuda and again["empty"].numel() == 0
+    assert (again["array"] == state["array"]).all()
