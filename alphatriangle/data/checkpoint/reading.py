@@ -300,6 +300,22 @@ class _PipelinedHash:
         return str(self._hasher.hexdigest())
 
 
+class _InlineHash:
+    """xxh3 computed in the caller's thread (small files)."""
+
+    def __init__(self) -> None:
+        self._hasher = xxhash.xxh3_64()
+
+    def update(self, view: memoryview) -> None:
+        self._hasher.update(view)
+
+    def stop(self) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return str(self._hasher.hexdigest())
+
+
 class _VerifiedReader:
     """Reads one listed file sequentially, checking its size and (when ``verify``) its
     digest: xxh3, or SHA-256 when ``signed``. Always :meth:`close` it; :meth:`finish`
@@ -318,9 +334,13 @@ class _VerifiedReader:
             os.close(fd)
             raise _corrupt(path, step, f"size {actual} bytes, manifest says {self.expected_size}")
         self.file = os.fdopen(fd, "rb", buffering=0)
-        self.hasher: _PipelinedHash | ChunkedDigest | None = None
-        if verify:
-            self.hasher = ChunkedDigest() if signed else _PipelinedHash(xxhash.xxh3_64())
+        self.hasher: _PipelinedHash | _InlineHash | ChunkedDigest | None = None
+        if verify and signed:
+            self.hasher = ChunkedDigest()
+        elif verify:
+            # A thread pays off only when there is a next chunk to read meanwhile.
+            small = self.expected_size <= _READ_CHUNK
+            self.hasher = _InlineHash() if small else _PipelinedHash(xxhash.xxh3_64())
         self.position = 0
 
     def read_into(self, view: memoryview) -> None:
@@ -633,6 +653,13 @@ def read_item(
     if item not in manifest.items:
         raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
     signed = signing_key is not None
+    data_name = f"{item}.data"
+    # Mapped: the checksum pass over the data starts now and runs while the index is read.
+    mapped = (
+        _map_data(step_dir, manifest, data_name, verify=verify, signed=signed)
+        if (mode == "mmap")
+        else None
+    )
     index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
     tree, specs = index.tree, index.specs
     objects_name = f"{item}.objects.pkl"
@@ -645,14 +672,13 @@ def read_item(
             path=step_dir / objects_name,
             step=manifest.step,
         )
-    data_name = f"{item}.data"
-    if mode == "mmap":
+    if mapped is not None:
         arrays = _mapped_arrays(
             step_dir,
             manifest,
             data_name,
             specs,
-            verify=verify,
+            mapped,
             signed=signed,
             map_location=map_location,
             pinned=pinned,
@@ -713,19 +739,14 @@ def _copied_arrays(
     return arrays
 
 
-def _mapped_arrays(
-    step_dir: Path,
-    manifest: Manifest,
-    data_name: str,
-    specs: list[ArraySpec],
-    *,
-    verify: bool,
-    signed: bool,
-    map_location: Any,
-    pinned: PinnedChunks | None,
-) -> list[Any]:
+def _map_data(
+    step_dir: Path, manifest: Manifest, data_name: str, *, verify: bool, signed: bool
+) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], MappedDigest | None]:
+    """The data file mapped copy-on-write, and its digest being computed on a thread."""
     data_path, step = step_dir / data_name, manifest.step
-    entry = manifest.files[data_name]
+    entry = manifest.files.get(data_name)
+    if entry is None:
+        raise _corrupt(step_dir / MANIFEST_NAME, step, f"does not list {data_name}")
     expected = int(entry["size"])
     fd, actual = _open_regular(data_path, step)
     try:
@@ -742,8 +763,26 @@ def _mapped_arrays(
             ) from exc
     finally:
         os.close(fd)
+    return arena, MappedDigest(arena, signed=signed) if verify else None
+
+
+def _mapped_arrays(
+    step_dir: Path,
+    manifest: Manifest,
+    data_name: str,
+    specs: list[ArraySpec],
+    mapped: tuple[np.ndarray[Any, np.dtype[np.uint8]], MappedDigest | None],
+    *,
+    signed: bool,
+    map_location: Any,
+    pinned: PinnedChunks | None,
+) -> list[Any]:
+    """The arrays of ``specs`` as views of the mapping (CUDA tensors streamed from it);
+    returns once the digest matched."""
+    data_path, step = step_dir / data_name, manifest.step
+    entry = manifest.files[data_name]
+    arena, digest = mapped
     digest_name = FILE_DIGEST if signed else CHECKSUM
-    digest = MappedDigest(arena, signed=signed) if verify else None
     try:
         arrays: list[Any] = [None] * len(specs)
         streamed: dict[torch.device, list[int]] = {}
