@@ -220,11 +220,15 @@ def prune(  # noqa: PLR0917 - typer maps each option to a parameter
 @ckpt_app.command()
 def export(
     step: Annotated[int, typer.Argument(help="The step whose model weights to export.")],
-    out: Annotated[Path, typer.Argument(help="The file to write (torch.save state dict).")],
+    out: Annotated[
+        Path,
+        typer.Argument(help="The file to write: *.safetensors, else a torch.save state dict."),
+    ],
     path: PathArg,
 ) -> None:
-    """Write the model weights of a step as a state dict that ``torch.load(...,
-    weights_only=True)`` reads without this package. Nothing is unpickled."""
+    """Write the model weights of a step to a file other tools load without this package:
+    safetensors when OUT ends in ``.safetensors`` (needs the ``safetensors`` package), else
+    a state dict that ``torch.load(..., weights_only=True)`` reads. Nothing is unpickled."""
     import torch
 
     from alphatriangle.data import CheckpointManager, CheckpointManagerOptions
@@ -239,5 +243,14 @@ def export(
         else:
             tree = reader.restore(step, select=["model"])
             weights = tree["model"]
-    torch.save({k: v.detach().clone() for k, v in weights.items()}, out)
+    tensors = {k: v.detach().contiguous().clone() for k, v in weights.items()}
+    if out.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            typer.echo("error: writing .safetensors needs `pip install safetensors`", err=True)
+            raise typer.Exit(code=1) from None
+        save_file(tensors, str(out))
+    else:
+        torch.save(tensors, out)
     typer.echo(f"wrote {len(weights)} tensors of step {step} to {out}")

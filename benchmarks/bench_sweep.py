@@ -10,7 +10,9 @@ times; the JSON keeps the median, min and max of each.
 - **stall**: how long ``save`` blocks the caller. Floor: copying the same bytes into
   preallocated memory. Synchronous peers block for their whole save.
 - **commit**: save called -> durable on disk. Floor: the same bytes in one file, one fsync.
-- **restore (warm)**: page cache warm. Floor: an xxh3 pass over the memory-mapped file.
+- **restore (warm)**: page cache warm. Floor: an xxh3 pass over the memory-mapped file
+  (for this project's restores, the pass over its own data file, timed alternately with
+  them; for the peers, over the floor's file).
 - **restore (cold)**: after the checkpoint's files were dropped from the page cache
   (``posix_fadvise(DONTNEED)`` after ``sync``, which needs no privileges). Floor: the same
   pass over the cold file.
@@ -50,6 +52,7 @@ OPTIONS = {"sizes": "10,100,500,2000", "repeats": 3}
 
 STALL, COMMIT, WARM, COLD = "stall", "commit", "restore (warm)", "restore (cold)"
 FLOOR = "floor"
+PAIRED = " #paired floor"  # a floor measured alternately with one library's restores
 
 
 # -- the state -----------------------------------------------------------------------------
@@ -133,6 +136,18 @@ def warm(fn: Callable[[], object]) -> float:
         times.append(timed(fn))
         gc.collect()
     return statistics.median(times)
+
+
+def warm_paired(fn: Callable[[], object], floor: Callable[[], object]) -> tuple[float, float]:
+    """Medians of ``fn`` and ``floor`` timed alternately (the same page cache, the same
+    moment of a noisy machine)."""
+    times: list[float] = []
+    floors: list[float] = []
+    for _ in range(SETTINGS["warm_inner"]):
+        times.append(timed(fn))
+        gc.collect()
+        floors.append(timed(floor))
+    return statistics.median(times), statistics.median(floors)
 
 
 def fsync_path(path: Path) -> None:
@@ -232,12 +247,17 @@ class Ours:
         commit = time.perf_counter() - began
         self.manager.wait_until_finished()
         restore = lambda: self.manager.restore(self.step)  # noqa: E731
+        data_file = step_dir / "state.data"
         restore()
-        warm_restore = warm(restore)
+        # Restores are also timed against the floor pass over this very file, alternately.
+        warm_restore, warm_floor = warm_paired(restore, lambda: hash_file(data_file))
         drop_cache(step_dir)
         cold = timed(restore)
         gc.collect()
+        drop_cache(step_dir)
+        cold_floor = timed(lambda: hash_file(data_file))
         results[self.name] = {STALL: stall, COMMIT: commit, WARM: warm_restore, COLD: cold}
+        results[self.name + PAIRED] = {WARM: warm_floor, COLD: cold_floor}
         copying = CheckpointManager(
             self.directory, CheckpointManagerOptions(read_only=True, restore_mode="copy")
         )
@@ -445,7 +465,10 @@ def main() -> None:
             gc.collect()
             label = f"{size_bytes / 1e6:.0f} MB"
             for (library, metric), values in samples.items():
-                floor = statistics.median(samples[(FLOOR, metric)])
+                if library.endswith(PAIRED):
+                    continue
+                paired = samples.get((library.split(" (")[0] + PAIRED, metric))
+                floor = statistics.median(paired or samples[(FLOOR, metric)])
                 median = statistics.median(values)
                 sweep.append(
                     {
@@ -457,10 +480,14 @@ def main() -> None:
                         "max": max(values),
                         "samples": values,
                         "floor_median": floor,
+                        "floor": "paired" if paired else "shared",
                         "ratio_to_floor": median / floor,
                     }
                 )
                 baseline = "" if library == FLOOR else f"{label} {metric}: {FLOOR}"
+                if paired:
+                    rows.append((f"{label} {metric}: floor paired with {library}", paired, ""))
+                    baseline = f"{label} {metric}: floor paired with {library}"
                 rows.append((f"{label} {metric}: {library}", values, baseline))
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -38,6 +38,13 @@ def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def display_name(library: str, metric: str) -> str:
+    """safetensors' ``load_file`` maps the file and reads nothing: say so beside restores."""
+    if library == "safetensors" and metric.startswith("restore"):
+        return "safetensors, lazy (unverified)"
+    return library
+
+
 def plot_sweep(sweep: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -52,7 +59,7 @@ def plot_sweep(sweep: dict[str, Any], out: Path) -> list[Path]:
         if row["library"] == "floor":
             continue
         floor = row["floor_median"]
-        by_metric[row["metric"]][row["library"]].append(
+        by_metric[row["metric"]][display_name(row["library"], row["metric"])].append(
             (row["size_bytes"] / 1e6, row["median"] / floor, row["min"] / floor, row["max"] / floor)
         )
     for metric in METRICS:
@@ -156,8 +163,13 @@ def summary_table(sweep: dict[str, Any]) -> str:
                         row[k] / row["floor_median"] for k in ("min", "median", "max")
                     )
                     cells.append(f"{mid:.2f} ({low:.2f}-{high:.2f})")
-            name = f"**{library}**" if library == "alphatriangle" else library
+            name = f"**{library}**" if library == "alphatriangle" else display_name(library, metric)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(r.get("floor") == "paired" for r in sweep["sweep"]):
+        lines.append(
+            "\nalphatriangle's restores are divided by the floor pass over its own data file, "
+            "timed alternately with them; the floor row shows the shared floor."
+        )
     absent = sweep.get("absent") or {}
     if absent:
         lines.append("\nAbsent: " + "; ".join(f"{k} ({v})" for k, v in absent.items()))

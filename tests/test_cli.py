@@ -123,3 +123,9 @@ def test_inspect_prune_and_export(tmp_path: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     weights = torch.load(out, weights_only=True)
     assert torch.equal(weights["weight"], model.weight.detach())
+    from safetensors.torch import load_file
+
+    out = tmp_path / "weights.safetensors"
+    exported = _cli("ckpt", "export", "4", str(out), str(directory))
+    assert exported.returncode == 0, exported.stderr
+    assert torch.equal(load_file(str(out))["weight"], model.weight.detach())
