@@ -655,11 +655,9 @@ def read_item(
     signed = signing_key is not None
     data_name = f"{item}.data"
     # Mapped: the checksum pass over the data starts now and runs while the index is read.
-    mapped = (
-        _map_data(step_dir, manifest, data_name, verify=verify, signed=signed)
-        if (mode == "mmap")
-        else None
-    )
+    mapped = None
+    if mode == "mmap":
+        mapped = _map_data(step_dir, manifest, data_name, verify=verify, signed=signed)
     index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
     tree, specs = index.tree, index.specs
     objects_name = f"{item}.objects.pkl"
