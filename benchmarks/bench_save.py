@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import reference_state, report, state_bytes, timed
+from _common import reference_state, report, state_bytes, timed, write_one_file
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
 
@@ -50,15 +50,7 @@ def _one_file(state: dict[str, Any], path: Path) -> float:
         [(v.numpy() if isinstance(v, torch.Tensor) else v).view(np.uint8) for v in state.values()]
     )
 
-    def write() -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        view = memoryview(blob)
-        while view.nbytes:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-        os.close(fd)
-
-    seconds = timed(write)
+    seconds = timed(lambda: write_one_file(blob, path))
     path.unlink()
     return seconds
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import xxhash
-from _common import filesystem, report
+from _common import filesystem, report, write_one_file
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
 
@@ -207,15 +207,7 @@ def run_floors(state: dict[str, Any], root: Path) -> dict[str, float]:
     blob = np.concatenate([v.reshape(-1).view(np.uint8) for v in values])
     path = root / "floor.bin"
 
-    def write() -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        view = memoryview(blob)
-        while view.nbytes:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-        os.close(fd)
-
-    commit = timed(write)
+    commit = timed(lambda: write_one_file(blob, path))
     hash_file(path)
     warm_floor = warm(lambda: hash_file(path))
     drop_cache(path)
