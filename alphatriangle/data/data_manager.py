@@ -205,8 +205,9 @@ class DataManager:
         """Save what is due at ``global_step`` as one step: the checkpoint (network,
         optimizer, scheduler, RNG states, counters, stats) and/or the buffer. Returns the
         step's :class:`SaveHandle` once staged, or None when nothing is due (or the step is
-        already saved). ``is_final`` saves both; ``is_best`` saves the checkpoint and marks
-        it for best-K retention and ``best_step()``."""
+        already saved). ``is_final`` saves both, waiting first for saves in flight: a step
+        saved moments ago without the buffer is written again with both. ``is_best`` saves
+        the checkpoint and marks it for best-K retention and ``best_step()``."""
         persist = self.persist_config
         now = self._clock()
         context = SaveContext(
@@ -220,9 +221,20 @@ class DataManager:
         )
         if not (checkpoint_due or buffer_due):
             return None
+        replace = False
+        if is_final:  # a save of this very step may be in flight: let it commit first
+            self.manager.wait_until_finished()
         if global_step in self.manager.all_steps():
-            logger.info("step %d is saved already: nothing more to save", global_step)
-            return None
+            due = {CHECKPOINT_ITEM} if checkpoint_due else set()
+            due |= {BUFFER_ITEM} if buffer_due else set()
+            held = set(self.manager.metadata(global_step)["items"])
+            if not is_final or due <= held:
+                logger.info("step %d is saved already: nothing more to save", global_step)
+                return None
+            # The final save completes a step saved moments ago without all its items (the
+            # buffer not due then): the step is written again, whole.
+            logger.info("step %d is saved again with %s for the final save", global_step, due)
+            replace = True
         items: dict[str, Any] = {}
         if checkpoint_due:
             items[CHECKPOINT_ITEM] = self._checkpoint_tree(
@@ -245,7 +257,9 @@ class DataManager:
         if is_best:
             step_metrics["is_best"] = 1.0
         try:
-            handle = self.manager.save(global_step, items=items, metrics=step_metrics, force=True)
+            handle = self.manager.save(
+                global_step, items=items, metrics=step_metrics, force=True, replace=replace
+            )
         except StepExistsError:  # saved moments ago and still in flight (a final save, say)
             logger.info("step %d is being saved already: nothing more to save", global_step)
             return None

@@ -308,3 +308,22 @@ def test_checkpoints_are_due_by_steps_or_by_wall_time(tmp_path: Path) -> None:
         assert _save(dm, parts, 1000, is_final=True) is None  # saved already: nothing more
         dm.wait_until_finished()
         assert dm.manager.all_steps() == [2, 4, 1000]
+
+
+def test_a_final_save_completes_a_step_just_saved_without_the_buffer(tmp_path: Path) -> None:
+    train = _train(CHECKPOINT_SAVE_FREQ_STEPS=5)
+    persist = _persist(tmp_path, BUFFER_SAVE_FREQ_STEPS=1000)
+    parts = _Parts(train)
+    parts.fill(20, seed=3)
+    with DataManager(persist, train) as dm:
+        assert _save(dm, parts, 5) is not None  # the checkpoint is due, the buffer is not
+        parts.fill(3, seed=4)  # what the final save must keep
+        handle = _save(dm, parts, 5, is_final=True)  # SIGTERM right after that save
+        assert handle is not None
+        handle.result(timeout=60)
+        assert set(dm.manager.metadata(5)["items"]) == {"checkpoint", "buffer"}
+        assert _save(dm, parts, 5, is_final=True) is None  # whole now: nothing more
+    with DataManager(persist, train) as dm:
+        loaded = dm.load_initial_state()
+    assert loaded.buffer_data is not None and loaded.buffer_data.buffer_state is not None
+    assert len(loaded.buffer_data.buffer_state["columns"]["grid"]) == 23

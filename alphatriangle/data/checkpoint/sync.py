@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -356,7 +357,8 @@ class MlflowSync:
 
     def _upload(self, step: int) -> None:
         """Upload the files of ``step`` the server lacks (or has at another size),
-        ``manifest.json`` last."""
+        ``manifest.json`` last. When the server holds another manifest for the step (the
+        step was replaced since), every file is sent again: sizes alone cannot tell."""
         local = self.directory / step_dir_name(step)
         if not local.is_dir():
             logger.warning("step %d was deleted before its upload; dropped from the ledger", step)
@@ -364,6 +366,9 @@ class MlflowSync:
         client, run_id = self.client(), self.run_id()
         remote = self._remote_dir(step)
         present = {Path(f.path).name: f.file_size for f in client.list_artifacts(run_id, remote)}
+        if MANIFEST_NAME in present and not self._same_remote_manifest(step, local):
+            logger.info("step %d was replaced since its upload: sending every file again", step)
+            present = {}
         names = sorted(p.name for p in local.iterdir() if p.name != MANIFEST_NAME)
         for name in [*names, MANIFEST_NAME]:
             if present.get(name) != (local / name).stat().st_size:
@@ -434,6 +439,14 @@ class MlflowSync:
         except BaseException as exc:
             logger.error("MLflow upload of %s failed: %r", path, exc)
             on_failure(exc)
+
+    def _same_remote_manifest(self, step: int, local: Path) -> bool:
+        client, run_id = self.client(), self.run_id()
+        with tempfile.TemporaryDirectory(prefix=".manifest-", dir=self.directory) as landing:
+            fetched = client.download_artifacts(
+                run_id, f"{self._remote_dir(step)}/{MANIFEST_NAME}", landing
+            )
+            return bool(Path(fetched).read_bytes() == (local / MANIFEST_NAME).read_bytes())
 
     def download(self, step: int, into: Path) -> None:
         """Download the files of ``step`` into the (empty, temporary) directory ``into``;

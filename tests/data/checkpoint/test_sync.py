@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from helpers import assert_tree_equal, python, state_for_step
 from pydantic import ValidationError
 from sync_support import FaultyProxy, free_port
@@ -262,3 +263,25 @@ def test_a_local_store_needs_no_server(tmp_path: Path) -> None:
     with CheckpointManager(tmp_path / "b", fetch) as manager:
         assert manager.fetch() == 0
         assert_tree_equal(manager.restore(), state_for_step(0))
+
+
+def test_a_replaced_step_is_uploaded_again_whole(tmp_path: Path) -> None:
+    """Sizes alone cannot tell a replaced step from the uploaded one: the manifest does."""
+    sync = MlflowSyncOptions(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment_name="local",
+        artifact_location=str(tmp_path / "artifacts"),
+        **FAST,
+    )
+    options = CheckpointManagerOptions(retention=KeepAll(), mlflow=sync)
+    first, second = {"w": torch.zeros(1000)}, {"w": torch.ones(1000)}  # the same sizes
+    with CheckpointManager(tmp_path / "a", options) as manager:
+        manager.save(0, first)
+        assert manager.wait_for_uploads(timeout=60)
+        manager.save(0, second, replace=True)
+        assert manager.wait_for_uploads(timeout=60)
+        run_id = manager.mlflow_run_id()
+    fetch = CheckpointManagerOptions(mlflow=sync.model_copy(update={"run_id": run_id}))
+    with CheckpointManager(tmp_path / "b", fetch) as manager:
+        assert manager.fetch() == 0
+        assert_tree_equal(manager.restore(), second)
