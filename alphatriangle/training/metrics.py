@@ -80,7 +80,11 @@ class MlflowMetricsLogger:
                 try:
                     for start in range(0, len(params), 100):
                         self._client.log_batch(self._run_id, params=params[start : start + 100])
-                except Exception as exc:  # a resumed run logged them before (MLflow: immutable)
+                except Exception as exc:
+                    if "Changing param values is not allowed" not in str(exc):
+                        raise  # the store is unreachable: tried again at the next send
+                    # A resumed run logged them before, with other values (MLflow keeps the
+                    # first ones: parameters are immutable).
                     logger.info("run parameters not logged again: %s", str(exc).split("\n")[0])
                 self._params = {}
             for start in range(0, len(pending), _BATCH):

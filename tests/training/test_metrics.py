@@ -25,6 +25,12 @@ def test_metrics_and_params_reach_the_run(tmp_path: Path) -> None:
     history = client.get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 2501))
     assert client.get_run(run_id).data.params == {"lr": "0.1"}
+    # A resumed run with another value: MLflow keeps the first; the metrics still go.
+    resumed = MlflowMetricsLogger(uri, lambda: run_id, params={"lr": 0.2}, flush_s=0.1)
+    resumed.log({"loss": 0.0}, 2501)
+    resumed.close(timeout_s=30)
+    assert len(client.get_metric_history(run_id, "loss")) == 2501
+    assert client.get_run(run_id).data.params == {"lr": "0.1"}
 
 
 def test_an_unreachable_server_is_reported_not_raised(
