@@ -59,6 +59,7 @@ class PersistenceConfig(BaseModel):
     BEST_MODE: Literal["min", "max"] = "min"
     KEEP_EVERY_STEPS: int | None = Field(default=None, ge=1)
     MAX_PENDING_SAVES: int = Field(default=1, ge=1, le=64)
+    RESTORE_MODE: Literal["mmap", "copy"] = "mmap"  # see CheckpointManagerOptions.restore_mode
     ON_FULL: Literal["wait", "skip"] = "wait"
     MLFLOW_SYNC: bool = True
     MLFLOW_TRACKING_URI_OVERRIDE: str | None = None

@@ -159,6 +159,7 @@ class DataManager:
         return CheckpointManagerOptions(
             retention=retention,
             max_pending=persist.MAX_PENDING_SAVES,
+            restore_mode=persist.RESTORE_MODE,
             on_full=persist.ON_FULL,
             best_metric="is_best",
             best_mode="max",
