@@ -33,7 +33,9 @@ def train(  # noqa: PLR0917 - typer maps each option to a parameter
     run_name: Annotated[
         str | None, typer.Option(help="Run name; an existing run resumes. Default: timestamped.")
     ] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Train until this global step.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Train until this global step (default 1000).")
+    ] = None,
     save_every: Annotated[
         int | None,
         typer.Option(min=1, help="Checkpoint and buffer every K steps (default 100 and 1000)."),
