@@ -161,6 +161,8 @@ def stream_to_device(
     source = torch.from_numpy(data) if data.size else torch.empty(0, dtype=torch.uint8)
     with pinned.lock:
         buffers, stream, events = pinned.acquire(device)
+        # The outputs were allocated on the caller's stream: ours writes them only after it.
+        stream.wait_stream(torch.cuda.current_stream(device))
         for index, pieces in enumerate(plan_chunks(regions, pinned.chunk_bytes)):
             slot = index % len(buffers)
             buffer, event = buffers[slot], events[slot]
