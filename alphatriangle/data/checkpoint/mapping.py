@@ -11,9 +11,9 @@ What a caller may rely on:
   restored array that uses it is freed). The engine never changes a committed file in place;
   a file truncated by another program while mapped makes the next access of the lost pages
   fail with SIGBUS, as with any mapping (``torch.load(mmap=True)`` and safetensors alike).
-- :class:`MappedDigest` checks the file's digest (xxh3, or the chunked SHA-256 of signed
-  steps) on a thread of its own while the caller builds arrays or streams to the device;
-  :meth:`MappedDigest.matches` waits for it. Nothing is returned to the user before it does.
+- The reader (``reading.py``) checks the file's digest over the mapped bytes on a thread of
+  its own while it builds the arrays or streams them to the device, and returns nothing
+  before the digest matched.
 - :class:`PinnedChunks` holds two pinned host chunks and a copy stream per device, allocated
   on first use and reused by every later restore; :func:`stream_to_device` copies regions of
   the mapping into them and from them to fresh device tensors, so that copying chunk k + 1
@@ -30,13 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import xxhash
 
-from alphatriangle.data.checkpoint.signing import ChunkedDigest
+__all__ = ["PinnedChunks", "map_data_file", "plan_chunks", "stream_to_device"]
 
-__all__ = ["MappedDigest", "PinnedChunks", "map_data_file", "plan_chunks", "stream_to_device"]
-
-_HASH_PIECE = 8 << 20  # xxh3 is fed in pieces, releasing the GIL for each
 PINNED_CHUNK = 64 << 20
 
 
@@ -49,39 +45,6 @@ def map_data_file(fd: int, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
     if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
         mapping.madvise(mmap.MADV_WILLNEED)  # start reading ahead of the first pass
     return np.frombuffer(mapping, dtype=np.uint8)
-
-
-class MappedDigest:
-    """The digest of ``data`` computed on a thread (xxh3 and SHA-256 release the GIL); the
-    bytes must not be written until :meth:`matches` returns."""
-
-    def __init__(self, data: np.ndarray[Any, np.dtype[np.uint8]], *, signed: bool) -> None:
-        self._data, self._signed = data, signed
-        self._digest: str | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="restore-checksum", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            view = self._data.data.cast("B")
-            if self._signed:
-                chunked = ChunkedDigest()
-                chunked.update(view)
-                self._digest = chunked.hexdigest()
-                return
-            hasher = xxhash.xxh3_64()
-            for start in range(0, view.nbytes, _HASH_PIECE):
-                hasher.update(view[start : start + _HASH_PIECE])
-            self._digest = hasher.hexdigest()
-        except BaseException as exc:  # re-raised in the caller's thread by matches()
-            self._error = exc
-
-    def matches(self, expected: object) -> bool:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._digest == expected
 
 
 @dataclass(frozen=True)

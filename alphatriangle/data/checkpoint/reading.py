@@ -57,7 +57,6 @@ from alphatriangle.data.checkpoint.format import (
 )
 from alphatriangle.data.checkpoint.layout import MANIFEST_NAME
 from alphatriangle.data.checkpoint.mapping import (
-    MappedDigest,
     PinnedChunks,
     map_data_file,
     stream_to_device,
@@ -316,6 +315,17 @@ class _InlineHash:
         return str(self._hasher.hexdigest())
 
 
+_Hasher = _PipelinedHash | _InlineHash | ChunkedDigest
+
+
+def _file_hasher(*, signed: bool, threaded: bool) -> _Hasher:
+    """A file's digest as the manifest lists it: the chunked SHA-256 of signed steps, else
+    xxh3, on a thread of its own when ``threaded``."""
+    if signed:
+        return ChunkedDigest()
+    return _PipelinedHash(xxhash.xxh3_64()) if threaded else _InlineHash()
+
+
 class _VerifiedReader:
     """Reads one listed file sequentially, checking its size and (when ``verify``) its
     digest: xxh3, or SHA-256 when ``signed``. Always :meth:`close` it; :meth:`finish`
@@ -334,13 +344,9 @@ class _VerifiedReader:
             os.close(fd)
             raise _corrupt(path, step, f"size {actual} bytes, manifest says {self.expected_size}")
         self.file = os.fdopen(fd, "rb", buffering=0)
-        self.hasher: _PipelinedHash | _InlineHash | ChunkedDigest | None = None
-        if verify and signed:
-            self.hasher = ChunkedDigest()
-        elif verify:
-            # A thread pays off only when there is a next chunk to read meanwhile.
-            small = self.expected_size <= _READ_CHUNK
-            self.hasher = _InlineHash() if small else _PipelinedHash(xxhash.xxh3_64())
+        # A thread pays off only when there is a next chunk to read meanwhile.
+        threaded = self.expected_size > _READ_CHUNK
+        self.hasher = _file_hasher(signed=signed, threaded=threaded) if verify else None
         self.position = 0
 
     def read_into(self, view: memoryview) -> None:
@@ -739,8 +745,9 @@ def _copied_arrays(
 
 def _map_data(
     step_dir: Path, manifest: Manifest, data_name: str, *, verify: bool, signed: bool
-) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], MappedDigest | None]:
-    """The data file mapped copy-on-write, and its digest being computed on a thread."""
+) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], _Hasher | None]:
+    """The data file mapped copy-on-write, and its digest being computed on a thread (the
+    mapping must not be written until the digest is read)."""
     data_path, step = step_dir / data_name, manifest.step
     entry = manifest.files.get(data_name)
     if entry is None:
@@ -761,7 +768,12 @@ def _map_data(
             ) from exc
     finally:
         os.close(fd)
-    return arena, MappedDigest(arena, signed=signed) if verify else None
+    if not verify:
+        return arena, None
+    hasher = _file_hasher(signed=signed, threaded=True)
+    for start in range(0, expected, _HASH_CHUNK):
+        hasher.update(arena.data[start : start + _HASH_CHUNK])
+    return arena, hasher
 
 
 def _mapped_arrays(
@@ -769,7 +781,7 @@ def _mapped_arrays(
     manifest: Manifest,
     data_name: str,
     specs: list[ArraySpec],
-    mapped: tuple[np.ndarray[Any, np.dtype[np.uint8]], MappedDigest | None],
+    mapped: tuple[np.ndarray[Any, np.dtype[np.uint8]], _Hasher | None],
     *,
     signed: bool,
     map_location: Any,
@@ -805,7 +817,7 @@ def _mapped_arrays(
                 tensor = raw.view(TORCH_DTYPES[spec.dtype]).view(spec.shape)
                 arrays[position] = _mark(tensor, spec)
     finally:
-        intact = digest is None or digest.matches(entry.get(digest_name))
+        intact = digest is None or digest.hexdigest() == entry.get(digest_name)
     if not intact:
         raise _mismatch(data_path, step, signed=signed)
     return arrays
