@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -44,6 +44,14 @@ def write_one_file(blob: np.ndarray[Any, Any], path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_durably(path: Path, dump: Callable[[BinaryIO], object]) -> None:
+    """``dump(file)`` into ``path``, flushed and fsynced: a synchronous peer's save."""
+    with open(path, "wb") as f:
+        dump(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def timed(fn: Callable[[], object]) -> float:

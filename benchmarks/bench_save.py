@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import reference_state, report, state_bytes, timed, write_one_file
+from _common import reference_state, report, state_bytes, timed, write_durably, write_one_file
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
 
@@ -68,10 +68,7 @@ def _raw_read(path: Path) -> float:
 
 def _torch_save(state: dict[str, Any], path: Path) -> float:
     def save() -> None:
-        with open(path, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_durably(path, lambda f: torch.save(state, f))
 
     seconds = timed(save)
     path.unlink()

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import xxhash
-from _common import filesystem, report, write_one_file
+from _common import filesystem, report, write_durably, write_one_file
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
 
@@ -267,10 +267,7 @@ def run_torch(state: dict[str, Any], root: Path, results: dict[str, dict[str, fl
     path = root / "torch.pt"
 
     def save() -> None:
-        with open(path, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_durably(path, lambda f: torch.save(state, f))
 
     seconds = timed(save)
     load = lambda: torch.load(path, weights_only=False)  # noqa: E731
@@ -329,10 +326,7 @@ def run_cloudpickle(
     path = root / "state.pkl"
 
     def save() -> None:
-        with open(path, "wb") as f:
-            cloudpickle.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_durably(path, lambda f: cloudpickle.dump(state, f))
 
     seconds = timed(save)
 

@@ -15,7 +15,6 @@ throughput kept is the inverse of the ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import Seconds, report
+from _common import Seconds, report, write_durably
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
 
@@ -112,10 +111,7 @@ def main() -> None:  # noqa: PLR0915 - the peers' savers are closures over the r
 
     def torch_save() -> tuple[Saver | None, Callable[[], None]]:
         def save(step: int, state: dict[str, Any]) -> None:
-            with open(root / "torch_save.pt", "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
+            write_durably(root / "torch_save.pt", lambda f: torch.save(state, f))
 
         return save, lambda: None
 
@@ -123,10 +119,9 @@ def main() -> None:  # noqa: PLR0915 - the peers' savers are closures over the r
         import cloudpickle
 
         def save(step: int, state: dict[str, Any]) -> None:
-            with open(root / "state.pkl", "wb") as f:  # what alphatriangle 1.0.0 did
-                cloudpickle.dump(state, f)
-                f.flush()
-                os.fsync(f.fileno())
+            write_durably(
+                root / "state.pkl", lambda f: cloudpickle.dump(state, f)
+            )  # what alphatriangle 1.0.0 did
 
         return save, lambda: None
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import report
+from _common import report, write_durably
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
 
@@ -251,10 +250,7 @@ def check_training(
         print(f"absent: DCP ({exc})")
 
     def torch_save(step: int, state: dict[str, Any]) -> None:
-        with open(root / "train.pt", "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_durably(root / "train.pt", lambda f: torch.save(state, f))
 
     results["torch.save + fsync"] = loop(torch_save)
     base = results["no checkpointing"][0]
