@@ -158,6 +158,17 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def warm_and_cold(load: Callable[[], object], path: Path) -> tuple[float, float]:
+    """``load`` timed with the page cache warm (after one untimed run), then once after
+    ``path`` was dropped from it."""
+    load()
+    warm_seconds = warm(load)
+    drop_cache(path)
+    cold_seconds = timed(load)
+    gc.collect()
+    return warm_seconds, cold_seconds
+
+
 def drop_cache(path: Path) -> None:
     """Drop the files under ``path`` from the page cache (they are clean after ``sync``)."""
     os.sync()
@@ -271,11 +282,7 @@ def run_torch(state: dict[str, Any], root: Path, results: dict[str, dict[str, fl
 
     seconds = timed(save)
     load = lambda: torch.load(path, weights_only=False)  # noqa: E731
-    load()
-    warm_load = warm(load)
-    drop_cache(path)
-    cold = timed(load)
-    gc.collect()
+    warm_load, cold = warm_and_cold(load, path)
     results["torch.save / torch.load"] = {
         STALL: seconds,
         COMMIT: seconds,
@@ -334,10 +341,7 @@ def run_cloudpickle(
         with open(path, "rb") as f:
             pickle.load(f)
 
-    load()
-    warm_load = warm(load)
-    drop_cache(path)
-    cold = timed(load)
+    warm_load, cold = warm_and_cold(load, path)
     results["cloudpickle (1.0.0)"] = {STALL: seconds, COMMIT: seconds, WARM: warm_load, COLD: cold}
     path.unlink()
 
@@ -356,10 +360,7 @@ def run_dcp(state: dict[str, Any], root: Path, results: dict[str, dict[str, floa
         commit = time.perf_counter() - began
         targets = {k: torch.empty_like(v) for k, v in flat.items()}
         load = lambda: dcp.load(targets, checkpoint_id=str(directory))  # noqa: E731
-        load()
-        warm_load = warm(load)
-        drop_cache(directory)
-        cold = timed(load)
+        warm_load, cold = warm_and_cold(load, directory)
     results["DCP async_save / load"] = {STALL: stall, COMMIT: commit, WARM: warm_load, COLD: cold}
     shutil.rmtree(directory, ignore_errors=True)
 
@@ -376,10 +377,7 @@ def run_orbax(state: dict[str, Any], root: Path, results: dict[str, dict[str, fl
     checkpointer.wait_until_finished()
     commit = time.perf_counter() - began
     load = lambda: checkpointer.restore(directory)  # noqa: E731
-    load()
-    warm_load = warm(load)
-    drop_cache(directory)
-    cold = timed(load)
+    warm_load, cold = warm_and_cold(load, directory)
     checkpointer.close()
     results["Orbax (numpy)"] = {STALL: stall, COMMIT: commit, WARM: warm_load, COLD: cold}
     shutil.rmtree(root / "orbax", ignore_errors=True)
