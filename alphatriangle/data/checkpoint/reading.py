@@ -649,9 +649,10 @@ def read_item(
     the same ``signing_key``).
 
     ``mode="mmap"``: CPU tensors and arrays are views of the data file mapped copy-on-write
-    (``mapping.py``), verified in one pass over the mapping; CUDA tensors are streamed from
-    it through ``pinned`` chunks (other devices: ``.to(device)``). ``mode="copy"``: the file
-    is read into fresh memory, hashing each chunk while the next is read.
+    (``mapping.py``), verified in one pass over the mapping. ``mode="copy"``: the file is
+    read into fresh memory, hashing each chunk while the next is read. Either way CUDA
+    tensors are streamed from those bytes through ``pinned`` chunks (other devices:
+    ``.to(device)``).
 
     Raises :class:`CheckpointCorruptError` naming the file for any violation (see the module
     docstring); :class:`WeightsOnlyError` naming where the objects sit when
@@ -661,9 +662,9 @@ def read_item(
     signed = signing_key is not None
     data_name = f"{item}.data"
     # Mapped: the checksum pass over the data starts now and runs while the index is read.
-    mapped = None
+    arena, digest = None, None
     if mode == "mmap":
-        mapped = _map_data(step_dir, manifest, data_name, verify=verify, signed=signed)
+        arena, digest = _map_data(step_dir, manifest, data_name, verify=verify, signed=signed)
     index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
     tree, specs = index.tree, index.specs
     objects_name = f"{item}.objects.pkl"
@@ -676,27 +677,18 @@ def read_item(
             path=step_dir / objects_name,
             step=manifest.step,
         )
-    if mapped is not None:
-        arrays = _mapped_arrays(
-            step_dir,
-            manifest,
-            data_name,
-            specs,
-            mapped,
-            signed=signed,
-            map_location=map_location,
-            pinned=pinned,
+    if arena is None:
+        arena = _read_data(step_dir, manifest, data_name, verify=verify, signed=signed)
+    try:
+        arrays = _arrays_in(
+            arena, specs, step_dir, manifest.step, map_location=map_location, pinned=pinned
         )
-    else:
-        arrays = _copied_arrays(
-            step_dir,
-            manifest,
-            data_name,
-            specs,
-            verify=verify,
-            signed=signed,
-            map_location=map_location,
+    finally:  # nothing mapped is returned before its digest matched
+        intact = digest is None or digest.hexdigest() == manifest.files[data_name].get(
+            FILE_DIGEST if signed else CHECKSUM
         )
+    if not intact:
+        raise _mismatch(step_dir / data_name, manifest.step, signed=signed)
     for position, spec in enumerate(specs):
         if spec.view_of is not None:  # storages first: views are made of them
             arrays[position] = _make_view(arrays[spec.view_of], spec)
@@ -709,16 +701,10 @@ def read_item(
         raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
 
 
-def _copied_arrays(
-    step_dir: Path,
-    manifest: Manifest,
-    data_name: str,
-    specs: list[ArraySpec],
-    *,
-    verify: bool,
-    signed: bool,
-    map_location: Any,
-) -> list[Any]:
+def _read_data(
+    step_dir: Path, manifest: Manifest, data_name: str, *, verify: bool, signed: bool
+) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """The data file read into fresh memory, verified (``restore_mode="copy"``)."""
     data_path = step_dir / data_name
     reader = _VerifiedReader(
         data_path, manifest.files[data_name], manifest.step, verify=verify, signed=signed
@@ -733,14 +719,7 @@ def _copied_arrays(
     finally:
         reader.close()
     reader.finish()
-    arrays: list[Any] = [None] * len(specs)
-    for position, spec in enumerate(specs):
-        if spec.view_of is None:
-            array = _array_in(arena, spec)
-            if spec.framework == "torch":
-                array = _finish_tensor(array, spec, map_location, step_dir, manifest.step)
-            arrays[position] = array
-    return arrays
+    return arena
 
 
 def _map_data(
@@ -776,50 +755,39 @@ def _map_data(
     return arena, hasher
 
 
-def _mapped_arrays(
-    step_dir: Path,
-    manifest: Manifest,
-    data_name: str,
+def _arrays_in(
+    arena: np.ndarray[Any, np.dtype[np.uint8]],
     specs: list[ArraySpec],
-    mapped: tuple[np.ndarray[Any, np.dtype[np.uint8]], _Hasher | None],
+    step_dir: Path,
+    step: int,
     *,
-    signed: bool,
     map_location: Any,
     pinned: PinnedChunks | None,
 ) -> list[Any]:
-    """The arrays of ``specs`` as views of the mapping (CUDA tensors streamed from it);
-    returns once the digest matched."""
-    data_path, step = step_dir / data_name, manifest.step
-    entry = manifest.files[data_name]
-    arena, digest = mapped
-    digest_name = FILE_DIGEST if signed else CHECKSUM
-    try:
-        arrays: list[Any] = [None] * len(specs)
-        streamed: dict[torch.device, list[int]] = {}
-        for position, spec in enumerate(specs):
-            if spec.view_of is not None:
-                continue
-            if spec.framework != "torch":
-                arrays[position] = _array_in(arena, spec)
-                continue
-            device = _target_device(spec, map_location, step_dir, step)
-            if device.type == "cuda" and spec.nbytes:
-                streamed.setdefault(device, []).append(position)
-            elif device.type == "cpu":
-                arrays[position] = _mark(_array_in(arena, spec), spec)
-            else:
-                arrays[position] = _mark(_array_in(arena, spec).to(device), spec)
-        for device, positions in streamed.items():
-            regions = [(specs[p].offset, specs[p].nbytes) for p in positions]
-            filled = stream_to_device(arena, regions, device, pinned or PinnedChunks())
-            for position, raw in zip(positions, filled, strict=True):
-                spec = specs[position]
-                tensor = raw.view(TORCH_DTYPES[spec.dtype]).view(spec.shape)
-                arrays[position] = _mark(tensor, spec)
-    finally:
-        intact = digest is None or digest.hexdigest() == entry.get(digest_name)
-    if not intact:
-        raise _mismatch(data_path, step, signed=signed)
+    """The arrays of ``specs`` (but views) in the data file's bytes: CPU ones as views of
+    ``arena``, CUDA tensors streamed from it through ``pinned`` chunks, other devices
+    copied with ``.to(device)``."""
+    arrays: list[Any] = [None] * len(specs)
+    streamed: dict[torch.device, list[int]] = {}
+    for position, spec in enumerate(specs):
+        if spec.view_of is not None:
+            continue
+        if spec.framework != "torch":
+            arrays[position] = _array_in(arena, spec)
+            continue
+        device = _target_device(spec, map_location, step_dir, step)
+        if device.type == "cuda" and spec.nbytes:
+            streamed.setdefault(device, []).append(position)
+        elif device.type == "cpu":
+            arrays[position] = _mark(_array_in(arena, spec), spec)
+        else:
+            arrays[position] = _mark(_array_in(arena, spec).to(device), spec)
+    for device, positions in streamed.items():
+        regions = [(specs[p].offset, specs[p].nbytes) for p in positions]
+        filled = stream_to_device(arena, regions, device, pinned or PinnedChunks())
+        for position, raw in zip(positions, filled, strict=True):
+            spec = specs[position]
+            arrays[position] = _mark(raw.view(TORCH_DTYPES[spec.dtype]).view(spec.shape), spec)
     return arrays
 
 
