@@ -77,15 +77,15 @@ def play_game(
     for index in range(len(rewards) - 1, -1, -1):
         running = rewards[index] + mcts_config.DISCOUNT * running
         returns[index] = running
-    grid_shape = (0, *game.state()["grid"].shape)
+    shapes = game.state()  # the columns' shapes, when the game ended before a move
     experiences = ColumnarBatch(
-        grid=np.stack(grids) if grids else np.zeros(grid_shape, dtype=np.float32),
+        grid=np.stack(grids) if grids else np.zeros((0, *shapes["grid"].shape), np.float32),
         other_features=np.stack(others)
         if others
-        else np.zeros((0, len(game.state()["other_features"])), dtype=np.float32),
+        else np.zeros((0, *shapes["other_features"].shape), np.float32),
         policy_target=np.stack(policies)
         if policies
-        else np.zeros((0, env_config.ACTION_DIM), dtype=np.float32),
+        else np.zeros((0, env_config.ACTION_DIM), np.float32),
         value_target=returns,
     )
     return GameResult(experiences, game.score, game.moves, simulations, weights_version)
