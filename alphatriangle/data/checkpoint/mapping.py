@@ -91,7 +91,7 @@ class PinnedChunks:
     def __init__(self, chunk_bytes: int = PINNED_CHUNK) -> None:
         self.chunk_bytes = chunk_bytes
         self._per_device: dict[torch.device, tuple[list[torch.Tensor], Any, list[Any]]] = {}
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held by a restore while it uses the chunks
 
     def acquire(self, device: torch.device) -> tuple[list[torch.Tensor], Any, list[Any]]:
         """(pinned buffers, stream, one event per buffer) for ``device``; callers hold
@@ -105,10 +105,6 @@ class PinnedChunks:
             events = [torch.cuda.Event() for _ in buffers]  # type: ignore[no-untyped-call]
             found = self._per_device[device] = (buffers, stream, events)
         return found
-
-    @property
-    def lock(self) -> threading.Lock:
-        return self._lock
 
 
 def stream_to_device(
