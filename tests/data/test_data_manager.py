@@ -20,8 +20,8 @@ from alphatriangle.rl.core import ExperienceBuffer
 from alphatriangle.utils.types import ColumnarBatch
 
 LEGACY_RUN = (
-    Path(__file__).resolve().parents[3]
-    / "shared/fixtures/legacy-alphatriangle-1.0.0/runs/train_20250410_093000"
+    Path(__file__).resolve().parents[1]
+    / "fixtures/legacy-alphatriangle-1.0.0/runs/train_20250410_093000"
 )
 MODEL = ModelConfig(
     CONV_FILTERS=[4], CONV_KERNEL_SIZES=[3], FC_DIMS_SHARED=[16], VALUE_HEAD_DIMS=[8]

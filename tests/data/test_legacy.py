@@ -18,7 +18,7 @@ from alphatriangle.data.legacy import (
 )
 from alphatriangle.data.schemas import BufferData, CheckpointData, LoadedTrainingState
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared/fixtures/legacy-alphatriangle-1.0.0"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures/legacy-alphatriangle-1.0.0"
 RUN = FIXTURE / "runs" / "train_20250410_093000"
 EXPECTED = json.loads((FIXTURE / "train_20250410_093000.expected.json").read_text())
 
@@ -90,3 +90,9 @@ def test_todays_schemas_round_trip_through_pickle() -> None:
     assert again.user_data == {"note": "x"} and torch.equal(
         again.model_state_dict["w"], torch.ones(2)
     )
+
+
+def test_the_fixture_lives_in_the_repository() -> None:
+    repository = Path(__file__).resolve().parents[2]
+    assert (repository / "pyproject.toml").is_file()
+    assert FIXTURE.is_relative_to(repository) and RUN.is_dir()
