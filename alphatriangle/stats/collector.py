@@ -38,7 +38,7 @@ class StatsCollector:
         self.max_history = max_history
         self._data: StatsCollectorData = {}
         self.dropped: dict[str, int] = {}
-        self.extra: dict[str, Any] = {}  # what a 1.0.0 state held besides metrics
+        self.extra: dict[str, Any] = {}  # a restored state without metric history
 
     def log(self, name: str, value: float, step: int) -> None:
         value = float(value)
@@ -88,12 +88,15 @@ class StatsCollector:
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`get_state`; a 1.0.0 state (no ``format``: a plain dict such
-        as ``{"last_processed_step": 2500}``) is kept in ``extra`` and the metrics start
-        empty."""
+        """Restore from :meth:`get_state`, or from what alphatriangle 1.0.0's
+        ``StatsCollectorActor.get_state`` returned (see :meth:`_set_legacy_state`). Any other
+        plain dict without ``format`` is kept in ``extra`` and the metrics start empty."""
         if state.get("format") != STATE_FORMAT:
+            if "_metrics_data_list" in state:
+                self._set_legacy_state(state)
+                return
             self._data, self.dropped, self.extra = {}, {}, dict(state)
-            logger.info("stats collector: a state without metric history (1.0.0?) kept as-is")
+            logger.info("stats collector: a state without metric history kept as-is")
             return
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"stats collector state version {state.get('version')!r} unknown")
@@ -110,6 +113,59 @@ class StatsCollector:
         self._data = data
         self.dropped = dict(state.get("dropped", {}))
         self.extra = dict(state.get("extra", {}))
+
+    def _set_legacy_state(self, state: Mapping[str, Any]) -> None:
+        """1.0.0's state: ``{"max_history": int | None, "_metrics_data_list": {name:
+        [(StepInfo, value), ...]}}``, where a StepInfo is a dict of counters. Each entry is
+        kept as (``global_step``, value), the step every 1.0.0 metric carried; its other
+        counters (``game_step_index``, ``buffer_size``) are not kept (logged). An entry
+        without a ``global_step`` or with a non-finite value is counted in ``dropped`` and
+        logged, never kept silently. ``max_history`` None (unbounded in 1.0.0) becomes the
+        larger of this collector's and the longest history restored."""
+        series: Mapping[str, Any] = state["_metrics_data_list"]
+        if not isinstance(series, Mapping):
+            raise ValueError(
+                f"1.0.0 stats state: _metrics_data_list is a {type(series).__name__}, not a dict"
+            )
+        longest = max((len(items) for items in series.values()), default=0)
+        saved_max = state.get("max_history")
+        max_history = int(saved_max) if saved_max else max(self.max_history, longest)
+        if max_history < 1:
+            raise ValueError(f"1.0.0 stats state: max_history {saved_max!r} is not >= 1")
+        self.max_history = max_history
+        self._data, self.dropped, self.extra = {}, {}, {}
+        other_counters: set[str] = set()
+        for name, items in series.items():
+            history: deque[tuple[int, float]] = deque(maxlen=max_history)
+            for item in items:
+                info, value = item
+                if not isinstance(info, Mapping) or "global_step" not in info:
+                    self.dropped[name] = self.dropped.get(name, 0) + 1
+                    continue
+                value = float(value)
+                if not math.isfinite(value):
+                    self.dropped[name] = self.dropped.get(name, 0) + 1
+                    continue
+                other_counters.update(key for key in info if key != "global_step")
+                history.append((int(info["global_step"]), value))
+            self._data[name] = history
+        restored = sum(len(history) for history in self._data.values())
+        logger.info(
+            "stats collector: restored %d entries of %d metrics from a 1.0.0 state",
+            restored,
+            len(self._data),
+        )
+        if other_counters:
+            logger.info(
+                "stats collector: 1.0.0 step counters other than global_step not kept: %s",
+                ", ".join(sorted(other_counters)),
+            )
+        if self.dropped:
+            logger.warning(
+                "stats collector: 1.0.0 entries without a global_step or a finite value "
+                "dropped: %s",
+                self.dropped,
+            )
 
 
 StatsCollectorActor = ray.remote(num_cpus=0)(StatsCollector)

@@ -3,7 +3,10 @@ actor never hangs whoever saves."""
 
 from __future__ import annotations
 
+import logging
+import pickle
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +41,7 @@ def test_state_round_trips_and_metrics_travel_as_arrays() -> None:
     assert_tree_equal(other.get_state(), state)
 
 
-def test_a_1_0_0_state_is_kept_aside() -> None:
+def test_a_state_without_history_is_kept_aside() -> None:
     collector = StatsCollector()
     collector.set_state({"last_processed_step": 2500, "last_processed_time": 1234.5})
     assert collector.get_metric_data() == {}
@@ -46,6 +49,53 @@ def test_a_1_0_0_state_is_kept_aside() -> None:
         "last_processed_step": 2500,
         "last_processed_time": 1234.5,
     }
+
+
+_REAL = Path(__file__).parents[1] / "fixtures" / "alphatriangle-1.0.0-real"
+
+
+def test_a_real_1_0_0_state_restores_with_its_history(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="alphatriangle.stats.collector")
+    with (_REAL / "stats_collector_state.pkl").open("rb") as file:
+        state = pickle.load(file)  # written by 1.0.0's own StatsCollectorActor.get_state
+    collector = StatsCollector()
+    collector.set_state(state)
+    data = collector.get_metric_data()
+    assert collector.max_history == 5
+    assert set(data) == {
+        "Loss/Total",
+        "Loss/Policy",
+        "LearningRate",
+        "Buffer/Size",
+        "RL/Current_Score",
+    }
+    assert list(data["Loss/Total"]) == [(s, 2.0 / s) for s in range(3, 8)]
+    assert list(data["Buffer/Size"]) == [(s, 8.0 * s) for s in range(3, 8)]
+    assert list(data["RL/Current_Score"]) == [(6, 0.0), (6, 0.5), (6, 1.0)]
+    assert collector.dropped == {}
+    assert "not kept: buffer_size, game_step_index" in caplog.text
+    # What it restored saves in today's form and round-trips.
+    again = StatsCollector()
+    again.set_state(collector.get_state())
+    assert again.get_metric_data() == data
+    collector.log("Loss/Total", 0.25, 8)  # the history goes on, bounded as 1.0.0 bounded it
+    assert [s for s, _ in collector.get_metric_data()["Loss/Total"]] == [4, 5, 6, 7, 8]
+
+
+def test_a_1_0_0_entry_without_a_global_step_is_counted_not_kept() -> None:
+    collector = StatsCollector()
+    collector.set_state(
+        {
+            "max_history": None,
+            "_metrics_data_list": {
+                "x": [({"global_step": 1}, 1.0), ({"game_step_index": 3}, 2.0)],
+                "y": [({"global_step": 2}, float("inf"))],
+            },
+        }
+    )
+    assert list(collector.get_metric_data()["x"]) == [(1, 1.0)]
+    assert collector.dropped == {"x": 1, "y": 1}
+    assert collector.max_history == 1000
 
 
 def test_actor_state_round_trip(ray_local: Any) -> None:
