@@ -645,13 +645,14 @@ class CheckpointManager:
             ) from None
 
     def metadata(self, step: int) -> dict[str, Any]:
-        """The manifest of ``step``: step, wall time, metrics, items, files with sizes and
-        checksums, library versions."""
+        """The manifest of ``step``: step, wall time, metrics (floats, NaN and infinities
+        included), items, files with sizes and checksums, library versions."""
         self._check_open()
         step_dir = self.directory / step_dir_name(step)
         try:
             with reader_lease(step_dir):
-                return dict(read_manifest(step_dir, step).raw)
+                manifest = read_manifest(step_dir, step)
+                return {**manifest.raw, "metrics": dict(manifest.metrics)}
         except StepGoneError:
             raise CheckpointNotFoundError(
                 f"step {step} not found in {self.directory}", path=step_dir, step=step

@@ -12,10 +12,13 @@ Policies compose like tenacity's stop conditions::
 keeps a step if *any* part keeps it; ``&`` keeps it only if *every* part does. Nested
 compositions are flattened, so ``a | b | c`` is one :class:`AnyOf` of three.
 
-Metrics that are NaN, infinite or missing never make a step "best". :class:`KeepBest` keeps
-such *unranked* steps by default (``keep_unranked=True``, as Orbax keeps checkpoints saved
-without metrics): a step it cannot rank is never deleted on its account. With
-``keep_unranked=False`` it keeps only its ``k`` best (another policy may still keep the rest).
+A NaN or infinite metric ranks worst, below every finite value (as Lightning's
+``ModelCheckpoint`` ranks a NaN monitor), and never makes a step "best": a diverged run that
+saves every N steps does not fill the disk. A step saved *without* the metric is *unranked*:
+:class:`KeepBest` keeps such steps by default (``keep_unranked=True``, as Orbax keeps
+checkpoints saved without metrics), so a step it cannot rank is never deleted on its
+account. With ``keep_unranked=False`` it keeps only its ``k`` best (another policy may still
+keep the rest).
 """
 
 from __future__ import annotations
@@ -123,12 +126,27 @@ class KeepEvery(RetentionPolicy):
         return {s.step for s in steps if s.step % self.steps == 0}
 
 
-def _finite_metric(info: StepInfo, metric: str) -> float | None:
+def _metric(info: StepInfo, metric: str) -> float | None:
+    """The step's value of ``metric`` as a float; None when the step was saved without it."""
     value = info.metrics.get(metric)
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return None if value is None else float(value)
+
+
+def ranking(steps: Sequence[StepInfo], metric: str, mode: Literal["min", "max"]) -> list[int]:
+    """The steps that have ``metric``, best first: finite values by ``mode`` (ties go to the
+    newer step), then NaN and infinite values, newer first. Steps without it are left out."""
+    finite, worst = [], []
+    for info in steps:
+        value = _metric(info, metric)
+        if value is None:
+            continue
+        if math.isfinite(value):
+            finite.append((value if mode == "min" else -value, -info.step))
+        else:
+            worst.append(-info.step)
+    finite.sort()
+    worst.sort()
+    return [-step for _, step in finite] + [-step for step in worst]
 
 
 def best_of(
@@ -136,17 +154,15 @@ def best_of(
 ) -> list[int]:
     """The ``k`` best steps by ``metric``, best first; ties go to the newer step. Steps whose
     metric is missing, NaN or infinite are never among them."""
-    scored = [(v, s.step) for s in steps if (v := _finite_metric(s, metric)) is not None]
-    sign = 1.0 if mode == "min" else -1.0
-    scored.sort(key=lambda pair: (sign * pair[0], -pair[1]))
-    return [step for _, step in scored[:k]]
+    finite = [s for s in steps if (v := _metric(s, metric)) is not None and math.isfinite(v)]
+    return ranking(finite, metric, mode)[:k]
 
 
 @dataclass(frozen=True)
 class KeepBest(RetentionPolicy):
-    """Keep the ``k`` steps with the best finite value of ``metric`` (``mode`` "min" for a
-    loss, "max" for a score), and, with ``keep_unranked`` (the default), every step that has
-    no finite value of it."""
+    """Keep the ``k`` best-ranked steps by ``metric`` (``mode`` "min" for a loss, "max" for a
+    score; NaN and infinite values rank below every finite one), and, with ``keep_unranked``
+    (the default), every step saved without the metric."""
 
     k: int
     metric: str
@@ -163,9 +179,9 @@ class KeepBest(RetentionPolicy):
         )
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
-        kept = set(best_of(steps, self.metric, self.mode, self.k))
+        kept = set(ranking(steps, self.metric, self.mode)[: self.k])
         if self.keep_unranked:
-            kept |= {s.step for s in steps if _finite_metric(s, self.metric) is None}
+            kept |= {s.step for s in steps if _metric(s, self.metric) is None}
         return kept
 
 

@@ -4,6 +4,7 @@ crafted one never yields wrong data, a hang, code execution or an unclear error.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -274,6 +275,17 @@ def test_metrics_take_numpy_scalars_and_one_element_tensors(ckpt_dir: Path) -> N
         manager.save(0, {"w": torch.ones(1)}, metrics=metrics)  # type: ignore[arg-type]
         manager.wait_until_finished()
         assert manager.metadata(0)["metrics"] == {"a": 0.5, "b": 2.0, "c": 3.0}
+
+
+def test_non_finite_metrics_read_back_as_floats(ckpt_dir: Path) -> None:
+    with CheckpointManager(ckpt_dir) as manager:
+        metrics = {"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "x": 1.5}
+        manager.save(0, {"w": torch.ones(1)}, metrics=metrics)
+        manager.wait_until_finished()
+        read = manager.metadata(0)["metrics"]
+    assert all(type(v) is float for v in read.values()), read
+    assert math.isnan(read["nan"]) and read["inf"] == math.inf and read["ninf"] == -math.inf
+    assert min(read.values()) == -math.inf
 
 
 def test_index_on_disk_is_canonical_json(ckpt_dir: Path) -> None:

@@ -61,9 +61,12 @@ STEPS = _infos(
         (KeepBest(1, "loss", "min", keep_unranked=False), {1100}),  # tie goes to the newer
         (KeepBest(1, "loss", "max", keep_unranked=False), {100}),  # inf and NaN never best
         (KeepBest(3, metric="accuracy", keep_unranked=False), set()),  # missing everywhere
+        # NaN and inf rank below every finite value (newer first among them).
+        (KeepBest(5, "loss", "min", keep_unranked=False), {100, 300, 500, 1000, 1100}),
+        (KeepBest(6, "loss", "max", keep_unranked=False), {100, 200, 300, 500, 1000, 1100}),
         # Orbax keeps checkpoints saved without the metric (keep_checkpoints_without_metrics,
-        # its default); so does KeepBest by default: NaN, inf and missing are unranked.
-        (KeepBest(1, metric="loss", mode="min"), {200, 400, 500, 1100}),
+        # its default); so does KeepBest by default: only a missing metric is unranked.
+        (KeepBest(1, metric="loss", mode="min"), {400, 1100}),
         (KeepBest(3, metric="accuracy"), {100, 200, 300, 400, 500, 1000, 1100}),
         (KeepInterval(seconds=25), {100, 400, 1100}),
         (KeepRecent(seconds=15), {1000, 1100}),
@@ -74,6 +77,13 @@ STEPS = _infos(
 )
 def test_each_policy_decides(policy: RetentionPolicy, kept: set[int]) -> None:
     assert policy.keep(STEPS, now=60.0) == kept
+
+
+def test_diverged_steps_are_not_kept_as_unranked() -> None:
+    losses = [0.5, math.nan, 0.9, math.nan, math.inf, 0.7, -math.inf]
+    infos = _infos(*((step, float(step), {"loss": v}) for step, v in enumerate(losses)))
+    assert KeepBest(2, "loss", "min").keep(infos, now=10.0) == {0, 5}
+    assert KeepBest(2, "loss", "max").keep(infos, now=10.0) == {2, 5}
 
 
 def test_compositions_flatten_and_are_frozen() -> None:
@@ -129,7 +139,7 @@ def test_best_step_and_default_retention(ckpt_dir: Path) -> None:
         for step, loss in enumerate([5.0, 1.0, math.nan, 3.0, 4.0]):
             manager.save(step, {"step": step}, metrics={"loss": loss})
         manager.wait_until_finished()
-        assert manager.all_steps() == [1, 2, 4]  # 2 (NaN) is unranked: kept by default
+        assert manager.all_steps() == [1, 4]  # 2 (NaN) ranks worst: not kept
         assert manager.best_step() == 1
     explicit = CheckpointManagerOptions(best_metric="loss", best_mode="max", retention=KeepAll())
     with CheckpointManager(ckpt_dir, explicit) as manager:
@@ -170,10 +180,17 @@ def _reference_keep(policy: RetentionPolicy, infos: Sequence[StepInfo], now: flo
             if policy.metric in i.metrics and math.isfinite(i.metrics[policy.metric])
         ]
         best = sorted(ranked, key=lambda p: (p[0] if policy.mode == "min" else -p[0], -p[1]))
-        unranked = {i.step for i in infos if i.step not in {s for _, s in ranked}}
-        return {step for _, step in best[: policy.k]} | (
-            unranked if policy.keep_unranked else set()
+        diverged = sorted(
+            (
+                i.step
+                for i in infos
+                if policy.metric in i.metrics and not math.isfinite(i.metrics[policy.metric])
+            ),
+            reverse=True,
         )
+        order = [step for _, step in best] + diverged
+        unranked = {i.step for i in infos if policy.metric not in i.metrics}
+        return set(order[: policy.k]) | (unranked if policy.keep_unranked else set())
     if isinstance(policy, AnyOf):
         return set().union(*(_reference_keep(p, infos, now) for p in policy.policies))
     if isinstance(policy, AllOf):
