@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-__all__ = ["TORCH_DTYPES", "ArraySpec", "is_array_leaf", "numpy_dtype"]
+__all__ = ["GRAD_DTYPES", "TORCH_DTYPES", "ArraySpec", "is_array_leaf", "numpy_dtype"]
 
 _TORCH_DTYPE_NAMES = (
     "bool",
@@ -46,6 +46,10 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     if isinstance(dtype := getattr(torch, name, None), torch.dtype)
 }
 _TORCH_DTYPE_TO_NAME = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+#: the names of the dtypes a tensor of which may require grad (floating point and complex).
+GRAD_DTYPES = frozenset(
+    name for name, dtype in TORCH_DTYPES.items() if dtype.is_floating_point or dtype.is_complex
+)
 _RAW_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 

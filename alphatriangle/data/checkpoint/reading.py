@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import xxhash
 
-from alphatriangle.data.checkpoint.arrays import TORCH_DTYPES, ArraySpec, numpy_dtype
+from alphatriangle.data.checkpoint.arrays import GRAD_DTYPES, TORCH_DTYPES, ArraySpec, numpy_dtype
 from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
     CheckpointError,
@@ -422,8 +422,7 @@ def _parse_spec(entry: object) -> ArraySpec:
             raise ValueError(f"device {device!r:.80} is not a device name")
         requires_grad = entry.get("requires_grad", False)
         parameter = entry.get("parameter", False)
-        if type(requires_grad) is not bool or type(parameter) is not bool:
-            raise ValueError("requires_grad and parameter must be booleans")
+        _check_grad(requires_grad, parameter, dtype_name)
     elif framework == "numpy":
         dtype = numpy_dtype(dtype_name) if isinstance(dtype_name, str) else None
         if dtype is None:
@@ -452,6 +451,13 @@ def _parse_spec(entry: object) -> ArraySpec:
     )
 
 
+def _check_grad(requires_grad: object, parameter: object, dtype_name: str) -> None:
+    if type(requires_grad) is not bool or type(parameter) is not bool:
+        raise ValueError("requires_grad and parameter must be booleans")
+    if requires_grad and dtype_name not in GRAD_DTYPES:
+        raise ValueError(f"requires_grad is set on a tensor of {dtype_name}, which cannot have it")
+
+
 def _parse_view(entry: dict[str, Any], shape: list[int]) -> ArraySpec:
     """A view entry: a torch tensor placed in a shared storage entry (checked against it by
     :func:`_check_views`)."""
@@ -477,8 +483,7 @@ def _parse_view(entry: dict[str, Any], shape: list[int]) -> ArraySpec:
         raise ValueError(f"storage_offset {storage_offset!r:.40} is not a non-negative int")
     if not isinstance(device, str) or not _DEVICE_RE.match(device):
         raise ValueError(f"device {device!r:.80} is not a device name")
-    if type(requires_grad) is not bool or type(parameter) is not bool:
-        raise ValueError("requires_grad and parameter must be booleans")
+    _check_grad(requires_grad, parameter, dtype_name)
     return ArraySpec(
         framework="torch",
         dtype=dtype_name,

@@ -114,6 +114,21 @@ def test_malformed_index_is_corruption(ckpt_dir: Path, edit: str) -> None:
     assert expected in str(error), str(error)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["array", "view"])
+def test_requires_grad_on_an_integer_tensor_is_corruption(ckpt_dir: Path, shared: bool) -> None:
+    ints = torch.arange(6)
+    state = {"w": ints, "v": ints[2:]} if shared else {"w": ints}
+    step_dir = _committed(ckpt_dir, state)
+
+    def set_grad(index: dict[str, Any]) -> None:
+        index["arrays"][0]["requires_grad"] = True
+
+    forge_step(step_dir, index=set_grad)
+    error = _restore_error(ckpt_dir)
+    assert error.path == str(step_dir / "state.index.json")
+    assert "requires_grad" in str(error) and "int64" in str(error)
+
+
 def test_deeply_nested_index_is_corruption_not_recursion(ckpt_dir: Path) -> None:
     step_dir = _committed(ckpt_dir)
     deep = b'{"l":[' * 50_000 + b"1" + b"]}" * 50_000
