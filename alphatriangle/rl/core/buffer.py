@@ -24,7 +24,7 @@ from alphatriangle.utils.types import (
     StateType,
 )
 
-__all__ = ["ExperienceBuffer", "experiences_to_columns"]
+__all__ = ["ExperienceBuffer", "experiences_from_state", "experiences_to_columns"]
 
 STATE_FORMAT = "alphatriangle.ExperienceBuffer"
 STATE_VERSION = 1
@@ -208,12 +208,6 @@ class ExperienceBuffer:
 
     # -- state ----------------------------------------------------------------------------
 
-    def _chronological(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Slots from the oldest experience to the newest."""
-        if self.size < self.capacity:
-            return np.arange(self.size)
-        return (np.arange(self.capacity) + self.cursor) % self.capacity
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild this buffer exactly, as a state tree of arrays
         (views of the live columns: a checkpoint's save copies them)."""
@@ -279,15 +273,28 @@ class ExperienceBuffer:
     def to_experiences(self) -> ExperienceBatch:
         """The contents as 1.0.0's list of experience tuples, oldest first (policy mappings
         list the actions of non-zero probability)."""
-        experiences: ExperienceBatch = []
-        columns = self.columns
-        for slot in self._chronological():
-            policy = columns["policy_target"][slot]
-            actions = np.flatnonzero(policy)
-            state = StateType(
-                grid=columns["grid"][slot].copy(),
-                other_features=columns["other_features"][slot].copy(),
+        return experiences_from_state(self.state_dict())
+
+
+def experiences_from_state(state: Mapping[str, Any]) -> ExperienceBatch:
+    """The experiences of an :meth:`ExperienceBuffer.state_dict` as 1.0.0's list of
+    experience tuples, oldest first (policy mappings list the actions of non-zero
+    probability)."""
+    size, capacity, cursor = int(state["size"]), int(state["capacity"]), int(state["cursor"])
+    slots = np.arange(size) if size < capacity else (np.arange(capacity) + cursor) % capacity
+    columns = state["columns"]
+    experiences: ExperienceBatch = []
+    for slot in slots:
+        policy = columns["policy_target"][slot]
+        actions = np.flatnonzero(policy)
+        grid = np.array(columns["grid"][slot], dtype=np.float32)
+        other = np.array(columns["other_features"][slot], dtype=np.float32)
+        mapping = dict(zip(actions.tolist(), policy[actions].tolist(), strict=True))
+        experiences.append(
+            (
+                StateType(grid=grid, other_features=other),
+                mapping,
+                float(columns["value_target"][slot]),
             )
-            mapping = dict(zip(actions.tolist(), policy[actions].tolist(), strict=True))
-            experiences.append((state, mapping, float(columns["value_target"][slot])))
-        return experiences
+        )
+    return experiences
