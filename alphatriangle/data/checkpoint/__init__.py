@@ -4,6 +4,7 @@ Python objects. It knows nothing of alphatriangle (nothing outside this package 
 See ``alphatriangle/data/checkpoint/README.md`` for the format, the guarantees and the API.
 """
 
+from alphatriangle.data.checkpoint.commit import fsync_dir
 from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
     CheckpointError,
@@ -75,4 +76,5 @@ __all__ = [
     "StepExistsError",
     "StepInfo",
     "WeightsOnlyError",
+    "fsync_dir",
 ]
