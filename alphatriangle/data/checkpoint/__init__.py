@@ -14,6 +14,7 @@ from alphatriangle.data.checkpoint.errors import (
     StepExistsError,
     WeightsOnlyError,
 )
+from alphatriangle.data.checkpoint.layout import step_dir_name, step_from_dir_name
 from alphatriangle.data.checkpoint.manager import CheckpointManager
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
 from alphatriangle.data.checkpoint.reading import ArrayMetadata, PickledObject
@@ -77,4 +78,6 @@ __all__ = [
     "StepInfo",
     "WeightsOnlyError",
     "fsync_dir",
+    "step_dir_name",
+    "step_from_dir_name",
 ]
