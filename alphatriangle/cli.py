@@ -34,13 +34,21 @@ def train(  # noqa: PLR0917 - typer maps each option to a parameter
         str | None, typer.Option(help="Run name; an existing run resumes. Default: timestamped.")
     ] = None,
     steps: Annotated[
-        int | None, typer.Option(min=1, help="Train until this global step (default 1000).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train until this global step (default TrainConfig's, 100000; quick: 1000).",
+        ),
     ] = None,
     save_every: Annotated[
         int | None,
-        typer.Option(min=1, help="Checkpoint and buffer every K steps (default 100 and 1000)."),
+        typer.Option(min=1, help="Checkpoint and buffer every K steps (default 2500 and 1000)."),
     ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Self-play workers.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="A shipped preset under --config and the flags: quick (a small run)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML or JSON file overriding any config field.")
     ] = None,
@@ -62,6 +70,7 @@ def train(  # noqa: PLR0917 - typer maps each option to a parameter
         steps=steps,
         save_every=save_every,
         workers=workers,
+        preset=preset,
         config=config,
         seed=seed,
         tracking_uri=tracking_uri,
