@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from alphatriangle.config.base import ConfigBase, IgnoredFieldWarning
 
 __all__ = ["PersistenceConfig", "check_run_name"]
 
@@ -27,16 +30,26 @@ def check_run_name(name: str) -> str:
     return name
 
 
-class PersistenceConfig(BaseModel):
+class PersistenceConfig(ConfigBase):
     """Directories and file names of runs (1.0.0's), and how checkpoints are kept.
 
     A run lives in ``ROOT_DATA_DIR/RUNS_DIR_NAME/<run name>/``, with
     ``CHECKPOINT_SAVE_DIR_NAME/`` (committed steps), ``LOG_DIR_NAME/`` and the run's
     ``CONFIG_FILENAME``; the local MLflow store is ``ROOT_DATA_DIR/MLFLOW_DIR_NAME/``. The
     ``*_FILENAME`` fields and ``BUFFER_SAVE_DIR_NAME`` name the files of runs written by
-    1.0.0, which keep loading."""
+    1.0.0, which keep loading.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    1.0.0's ``TENSORBOARD_DIR_NAME`` is accepted and not acted on (no TensorBoard logs are
+    written; a non-default value warns). The ``MLFLOW_TRACKING_URI`` 1.0.0 saved (a
+    ``file://`` URI it derived from the data root) is accepted and not stored: the tracking
+    URI here is :attr:`MLFLOW_TRACKING_URI` (``MLFLOW_TRACKING_URI_OVERRIDE``, else a SQLite
+    store under the data root); a saved URI that was not 1.0.0's derived one warns, since
+    pointing at another store is what ``MLFLOW_TRACKING_URI_OVERRIDE`` does."""
+
+    ignored_fields: ClassVar[dict[str, str]] = {
+        "TENSORBOARD_DIR_NAME": "no TensorBoard logs are written (metrics go to MLflow)"
+    }
+    derived_fields: ClassVar[frozenset[str]] = frozenset({"MLFLOW_TRACKING_URI"})
 
     ROOT_DATA_DIR: str = ".alphatriangle_data"
     RUNS_DIR_NAME: str = "runs"
@@ -44,6 +57,7 @@ class PersistenceConfig(BaseModel):
     CHECKPOINT_SAVE_DIR_NAME: str = "checkpoints"
     BUFFER_SAVE_DIR_NAME: str = "buffers"
     LOG_DIR_NAME: str = "logs"
+    TENSORBOARD_DIR_NAME: str = "tensorboard"
     LATEST_CHECKPOINT_FILENAME: str = "latest.pkl"
     BEST_CHECKPOINT_FILENAME: str = "best.pkl"
     BUFFER_FILENAME: str = "buffer.pkl"
@@ -71,6 +85,7 @@ class PersistenceConfig(BaseModel):
         "CHECKPOINT_SAVE_DIR_NAME",
         "BUFFER_SAVE_DIR_NAME",
         "LOG_DIR_NAME",
+        "TENSORBOARD_DIR_NAME",
         "LATEST_CHECKPOINT_FILENAME",
         "BEST_CHECKPOINT_FILENAME",
         "BUFFER_FILENAME",
@@ -80,6 +95,17 @@ class PersistenceConfig(BaseModel):
     @classmethod
     def _one_component(cls, value: str) -> str:
         return check_run_name(value)
+
+    def check_derived(self, name: str, value: Any) -> None:
+        derived = Path(self.ROOT_DATA_DIR).joinpath(self.MLFLOW_DIR_NAME).resolve().as_uri()
+        if name == "MLFLOW_TRACKING_URI" and value != derived:
+            warnings.warn(
+                f"PersistenceConfig.MLFLOW_TRACKING_URI={value!r} (1.0.0's saved URI) is not "
+                f"acted on: the tracking URI is {self.MLFLOW_TRACKING_URI!r}; set "
+                "MLFLOW_TRACKING_URI_OVERRIDE to use another store",
+                IgnoredFieldWarning,
+                stacklevel=2,
+            )
 
     def get_runs_root_dir(self) -> Path:
         return Path(self.ROOT_DATA_DIR).absolute() / self.RUNS_DIR_NAME

@@ -1,57 +1,108 @@
-"""Training: the learner's optimisation and the replay buffer it samples from."""
+"""Training: the learner's optimisation, its schedule and the replay buffer it samples from;
+alphatriangle 1.0.0's ``TrainConfig`` (its field names, types and defaults) with a few
+fields of ours. A 1.0.0 ``configs.json`` section constructs it unchanged."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
+from alphatriangle.config.base import ConfigBase
 from alphatriangle.config.persistence_config import check_run_name
 
 __all__ = ["TrainConfig"]
 
+Device = Literal["auto", "cuda", "cpu", "mps"]
 
-class TrainConfig(BaseModel):
-    """The learner and its replay buffer (1.0.0 field names).
+
+class TrainConfig(ConfigBase):
+    """The learner and its replay buffer.
+
+    Loss: ``POLICY_LOSS_WEIGHT * policy cross-entropy + VALUE_LOSS_WEIGHT * value
+    cross-entropy`` (the value target projected onto the C51 atoms) ``- ENTROPY_BONUS_WEIGHT *
+    policy entropy``, each example weighted by its importance weight; gradients clipped to
+    norm ``GRADIENT_CLIP_VALUE``. Optimiser ``OPTIMIZER_TYPE`` (Adam, AdamW, or SGD with
+    momentum 0.9) at ``LEARNING_RATE`` with ``WEIGHT_DECAY``; learning-rate schedule
+    ``LR_SCHEDULER_TYPE``, stepped once per training step: ``CosineAnnealingLR`` over
+    ``LR_SCHEDULER_T_MAX`` steps (``MAX_TRAINING_STEPS`` when unset) down to
+    ``LR_SCHEDULER_ETA_MIN``; ``StepLR`` multiplying by ``LR_SCHEDULER_GAMMA`` every
+    ``LR_SCHEDULER_STEP_SIZE`` steps (1.0.0 read these two with the same defaults, without
+    declaring them); ``None``: constant.
 
     Buffer: ``BUFFER_CAPACITY`` experiences in a ring; training starts once
     ``MIN_BUFFER_SIZE_TO_TRAIN`` are in; batches of ``BATCH_SIZE``. Prioritised replay
     (``USE_PER``): priority ``(|td error| + PER_EPSILON) ** PER_ALPHA``, importance weights
     with beta annealed linearly from ``PER_BETA_INITIAL`` to ``PER_BETA_FINAL`` over
-    ``PER_BETA_ANNEAL_STEPS`` training steps. Self-play: ``NUM_SELF_PLAY_WORKERS`` Ray
-    workers, sent the learner's weights every ``WORKER_UPDATE_FREQ_STEPS`` steps."""
+    ``PER_BETA_ANNEAL_STEPS`` training steps (``MAX_TRAINING_STEPS`` when unset). Self-play:
+    ``NUM_SELF_PLAY_WORKERS`` Ray workers, sent the learner's weights every
+    ``WORKER_UPDATE_FREQ_STEPS`` steps. Checkpoints every ``CHECKPOINT_SAVE_FREQ_STEPS``
+    steps or, ours, ``CHECKPOINT_SAVE_FREQ_SECONDS``.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    1.0.0 filled ``LR_SCHEDULER_T_MAX`` and ``PER_BETA_ANNEAL_STEPS`` in from
+    ``MAX_TRAINING_STEPS`` on construction; here they stay unset and
+    :attr:`lr_scheduler_t_max` / :attr:`per_beta_anneal_steps` resolve them when used, so a
+    changed ``MAX_TRAINING_STEPS`` carries through.
+
+    Accepted, not acted on (a non-default value warns): ``WORKER_DEVICE`` (self-play workers
+    run on the CPU), ``N_STEP_RETURNS`` and ``GAMMA`` (the value target is the discounted
+    return of the rest of the game, discounted by ``MCTSConfig.DISCOUNT``), ``COMPILE_MODEL``
+    (the network runs eagerly)."""
+
+    ignored_fields: ClassVar[dict[str, str]] = {
+        "WORKER_DEVICE": "self-play workers run on the CPU",
+        "N_STEP_RETURNS": "the value target is the discounted return of the rest of the game",
+        "GAMMA": "the value target is discounted by MCTSConfig.DISCOUNT",
+        "COMPILE_MODEL": "the network runs eagerly (no torch.compile)",
+    }
 
     RUN_NAME: str = Field(default_factory=lambda: dt.datetime.now().strftime("train_%Y%m%d_%H%M%S"))
     LOAD_CHECKPOINT_PATH: str | None = None
     LOAD_BUFFER_PATH: str | None = None
     AUTO_RESUME_LATEST: bool = True
-    CHECKPOINT_SAVE_FREQ_STEPS: int = Field(default=100, ge=1)
+    DEVICE: Device = "auto"
+    RANDOM_SEED: int = Field(default=42, ge=0)
+
+    MAX_TRAINING_STEPS: int | None = Field(default=100_000, ge=1)
+
+    NUM_SELF_PLAY_WORKERS: int = Field(default=8, ge=1, le=1024)
+    WORKER_DEVICE: Device = "cpu"
+    BATCH_SIZE: int = Field(default=128, ge=1)
+    BUFFER_CAPACITY: int = Field(default=200_000, ge=1, le=100_000_000)
+    MIN_BUFFER_SIZE_TO_TRAIN: int = Field(default=20_000, ge=1)
+    WORKER_UPDATE_FREQ_STEPS: int = Field(default=500, ge=1)
+
+    N_STEP_RETURNS: int = Field(default=5, ge=1)
+    GAMMA: float = Field(default=0.99, gt=0.0, le=1.0)
+
+    OPTIMIZER_TYPE: Literal["Adam", "AdamW", "SGD"] = "AdamW"
+    LEARNING_RATE: float = Field(default=2e-4, gt=0.0, le=10.0)
+    WEIGHT_DECAY: float = Field(default=1e-4, ge=0.0, le=1.0)
+    GRADIENT_CLIP_VALUE: float | None = Field(default=1.0, gt=0.0)
+
+    LR_SCHEDULER_TYPE: Literal["StepLR", "CosineAnnealingLR"] | None = "CosineAnnealingLR"
+    LR_SCHEDULER_T_MAX: int | None = Field(default=None, ge=1)
+    LR_SCHEDULER_ETA_MIN: float = Field(default=1e-6, ge=0.0)
+    LR_SCHEDULER_STEP_SIZE: int = Field(default=100_000, ge=1)
+    LR_SCHEDULER_GAMMA: float = Field(default=0.1, gt=0.0)
+
+    POLICY_LOSS_WEIGHT: float = Field(default=1.0, ge=0.0)
+    VALUE_LOSS_WEIGHT: float = Field(default=1.0, ge=0.0)
+    ENTROPY_BONUS_WEIGHT: float = Field(default=0.001, ge=0.0)
+
+    CHECKPOINT_SAVE_FREQ_STEPS: int = Field(default=2500, ge=1)
     CHECKPOINT_SAVE_FREQ_SECONDS: float | None = Field(default=None, gt=0)
 
-    DEVICE: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    RANDOM_SEED: int = Field(default=42, ge=0)
-    MAX_TRAINING_STEPS: int | None = Field(default=None, ge=1)
-    BATCH_SIZE: int = Field(default=64, ge=1)
-    LEARNING_RATE: float = Field(default=1e-3, gt=0.0, le=10.0)
-    WEIGHT_DECAY: float = Field(default=1e-4, ge=0.0, le=1.0)
-    GRADIENT_CLIP_VALUE: float | None = Field(default=5.0, gt=0.0)
-    VALUE_LOSS_WEIGHT: float = Field(default=1.0, ge=0.0)
-
-    BUFFER_CAPACITY: int = Field(default=100_000, ge=1, le=100_000_000)
-    MIN_BUFFER_SIZE_TO_TRAIN: int = Field(default=1_000, ge=1)
     USE_PER: bool = True
     PER_ALPHA: float = Field(default=0.6, ge=0.0, le=1.0)
     PER_BETA_INITIAL: float = Field(default=0.4, ge=0.0, le=1.0)
     PER_BETA_FINAL: float = Field(default=1.0, ge=0.0, le=1.0)
     PER_BETA_ANNEAL_STEPS: int | None = Field(default=None, ge=1)
     PER_EPSILON: float = Field(default=1e-5, gt=0.0, le=1.0)
-    # Self-play (1.0.0's names): workers, and how often they get the learner's weights.
-    NUM_SELF_PLAY_WORKERS: int = Field(default=2, ge=1, le=1024)
-    WORKER_UPDATE_FREQ_STEPS: int = Field(default=10, ge=1)
+
+    COMPILE_MODEL: bool = True
 
     @field_validator("RUN_NAME")
     @classmethod
@@ -65,8 +116,7 @@ class TrainConfig(BaseModel):
             raise ValueError(f"{value} does not exist")
         return value
 
-    @model_validator(mode="after")
-    def _check_buffer(self) -> TrainConfig:
+    def check(self) -> None:
         if self.BATCH_SIZE > self.BUFFER_CAPACITY:
             raise ValueError(
                 f"BATCH_SIZE ({self.BATCH_SIZE}) is larger than BUFFER_CAPACITY "
@@ -77,10 +127,20 @@ class TrainConfig(BaseModel):
                 f"MIN_BUFFER_SIZE_TO_TRAIN ({self.MIN_BUFFER_SIZE_TO_TRAIN}) is larger than "
                 f"BUFFER_CAPACITY ({self.BUFFER_CAPACITY}): training would never start"
             )
-        return self
+        if self.PER_BETA_FINAL < self.PER_BETA_INITIAL:
+            raise ValueError(
+                f"PER_BETA_FINAL ({self.PER_BETA_FINAL}) cannot be less than "
+                f"PER_BETA_INITIAL ({self.PER_BETA_INITIAL})"
+            )
 
     @property
     def per_beta_anneal_steps(self) -> int:
         """Steps over which beta anneals: ``PER_BETA_ANNEAL_STEPS``, else
-        ``MAX_TRAINING_STEPS``, else 100,000."""
+        ``MAX_TRAINING_STEPS``, else 100,000 (1.0.0's fallback)."""
         return self.PER_BETA_ANNEAL_STEPS or self.MAX_TRAINING_STEPS or 100_000
+
+    @property
+    def lr_scheduler_t_max(self) -> int:
+        """The cosine schedule's period: ``LR_SCHEDULER_T_MAX``, else
+        ``MAX_TRAINING_STEPS``, else 100,000 (1.0.0's fallback)."""
+        return self.LR_SCHEDULER_T_MAX or self.MAX_TRAINING_STEPS or 100_000
