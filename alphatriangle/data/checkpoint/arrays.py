@@ -1,7 +1,9 @@
 """How one tensor or array lies in a step's data file, and which array types travel raw.
 
-Only exact ``torch.Tensor`` / ``torch.nn.Parameter`` and exact ``numpy.ndarray`` of the
-dtypes listed here travel out of band as raw bytes; subclasses (masked arrays, ``np.matrix``,
+Every dense torch dtype travels out of band as raw bytes (float8 and MX formats, the
+``bits*`` types and the sub-byte shells included); quantized tensors, which need their scale,
+go through the pickle. Only exact ``torch.Tensor`` / ``torch.nn.Parameter`` and exact
+``numpy.ndarray`` travel raw; subclasses (masked arrays, ``np.matrix``,
 tensor subclasses) and other dtypes go through the pickle, so that they come back as what
 they were. The reader accepts only these dtypes: a dtype name read from disk is looked up in
 this table, never resolved as an attribute of ``torch``.
@@ -15,8 +17,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-__all__ = ["GRAD_DTYPES", "TORCH_DTYPES", "ArraySpec", "is_array_leaf", "numpy_dtype"]
+__all__ = [
+    "BYTE_COPIED",
+    "GRAD_DTYPES",
+    "TORCH_DTYPES",
+    "ArraySpec",
+    "is_array_leaf",
+    "numpy_dtype",
+]
 
+# Sub-byte shells (one byte per element in memory): torch has no copy kernel for them.
+_SUB_BYTE_NAMES = tuple(f"{sign}int{bits}" for sign in ("", "u") for bits in range(1, 8))
 _TORCH_DTYPE_NAMES = (
     "bool",
     "uint8",
@@ -38,6 +49,14 @@ _TORCH_DTYPE_NAMES = (
     "float8_e5m2",
     "float8_e4m3fnuz",
     "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "float4_e2m1fn_x2",
+    "bits8",
+    "bits16",
+    "bits1x8",
+    "bits2x4",
+    "bits4x2",
+    *_SUB_BYTE_NAMES,
 )
 #: name on disk -> torch dtype, for the dtypes this build of torch has.
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -46,6 +65,8 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     if isinstance(dtype := getattr(torch, name, None), torch.dtype)
 }
 _TORCH_DTYPE_TO_NAME = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+#: dtypes without a copy kernel: staged through a uint8 view of the same bytes.
+BYTE_COPIED = frozenset(TORCH_DTYPES[name] for name in _SUB_BYTE_NAMES if name in TORCH_DTYPES)
 #: the names of the dtypes a tensor of which may require grad (floating point and complex).
 GRAD_DTYPES = frozenset(
     name for name, dtype in TORCH_DTYPES.items() if dtype.is_floating_point or dtype.is_complex

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphatriangle.data.checkpoint.arrays import ArraySpec, is_array_leaf
+from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, ArraySpec, is_array_leaf
 from alphatriangle.data.checkpoint.tree import JsonTree, TreeEncoder
 
 __all__ = [
@@ -352,6 +352,10 @@ def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
             targets.append(buffer.array[region].view(leaf.dtype).reshape(leaf.shape))
             others.append(entry)
             continue
+        if leaf.dtype in BYTE_COPIED:  # no copy kernel: its bytes are copied as uint8
+            targets.append(buffer.tensor[region].view(leaf.shape))
+            others.append(entry)
+            continue
         targets.append(buffer.tensor[region].view(leaf.dtype).view(leaf.shape))
         (others if leaf.device.type == "cuda" else cpu_tensors).append(entry)
     signature = _signature(leaves)
@@ -434,6 +438,11 @@ def _copy_leaves(leaves: list[Any], layout: _StagingLayout) -> None:
             if isinstance(leaf, np.ndarray):
                 np.copyto(target, leaf, casting="no")
                 continue
+            if leaf.dtype in BYTE_COPIED:
+                leaf = leaf.view(torch.uint8)
+                if leaf.device.type == "cpu":
+                    target.copy_(leaf)
+                    continue
             stream = _copy_stream(leaf.device)
             if stream not in used_streams:
                 # Kernels queued on the training stream must finish writing first.
