@@ -1,5 +1,6 @@
 """``RunConfigs``: every config of a training run in one object, built from the defaults, a
-YAML or JSON file, and command-line overrides, in that order."""
+preset file, a YAML or JSON file, and command-line overrides, in that order. A run's
+``configs.json`` (ours, or alphatriangle 1.0.0's) is such a file."""
 
 from __future__ import annotations
 
@@ -34,8 +35,11 @@ class ConfigFileError(ValueError):
     names the file and the field."""
 
 
-def _fields(cls: type[BaseModel]) -> set[str]:
-    return set(cls.model_fields)
+def _fields(cls: type[BaseModel]) -> frozenset[str]:
+    """The keys a file may give for ``cls``: its fields, and for a config that reads 1.0.0's
+    form, 1.0.0's names and saved derived values too."""
+    accepted = getattr(cls, "accepted_names", None)
+    return frozenset(accepted()) if accepted is not None else frozenset(cls.model_fields)
 
 
 class RunConfigs(BaseModel):
@@ -51,17 +55,22 @@ class RunConfigs(BaseModel):
 
     @classmethod
     def build(
-        cls, path: Path | None = None, overrides: Mapping[str, Any] | None = None
+        cls,
+        path: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        preset: Path | None = None,
     ) -> RunConfigs:
-        """Defaults, then the file at ``path``, then ``overrides`` (flat field names). A file
-        holds sections named by class (``TrainConfig:``) or attribute (``train:``), or flat
-        field names; a flat name sets that field in every config that has it (``RUN_NAME``
-        is in ``TrainConfig`` and ``PersistenceConfig``)."""
+        """Defaults, then the ``preset`` file, then the file at ``path``, then ``overrides``
+        (flat field names). A file holds sections named by class (``TrainConfig:``) or
+        attribute (``train:``), or flat field names; a flat name sets that field in every
+        config that has it (``RUN_NAME`` is in ``TrainConfig`` and ``PersistenceConfig``)."""
         values: dict[str, dict[str, Any]] = {attribute: {} for attribute in _ATTRIBUTES}
         configs = cls()
-        if path is not None:
-            _merge(values, _read(path), str(path))
-            configs = cls._validated(values, str(path))
+        for source in (preset, path):
+            if source is not None:
+                _merge(values, _read(source), str(source))
+                configs = cls._validated(values, str(source))
         flags = {k: v for k, v in (overrides or {}).items() if v is not None}
         if flags:
             _merge(values, flags, "the command line")

@@ -1,6 +1,6 @@
 """What ``alphatriangle train`` does around :func:`run_training`: build the configs from
-the defaults, the file and the flags, set up logging, report where everything went, and
-turn errors into a message and an exit status."""
+the defaults, the preset, the file and the flags, set up logging, report where everything
+went, and turn errors into a message and an exit status."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ import typer
 
 from alphatriangle.config import RunConfigs
 
-__all__ = ["DEFAULT_STEPS", "train_command"]
+__all__ = ["train_command"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STEPS = 1000  # with the other defaults: about a minute on 2 CPU cores
 
 
 def _configs(
     config: Path | None,
     *,
+    preset: str | None = None,
     root: Path | None,
     run_name: str | None,
     steps: int | None,
@@ -42,11 +41,11 @@ def _configs(
         "RANDOM_SEED": seed,
         "MLFLOW_TRACKING_URI_OVERRIDE": tracking_uri,
     }
-    configs = RunConfigs.build(config, overrides)
-    if configs.train.MAX_TRAINING_STEPS is None:
-        train = configs.train.model_copy(update={"MAX_TRAINING_STEPS": DEFAULT_STEPS})
-        configs = configs.model_copy(update={"train": train})
-    return configs
+    from alphatriangle.training.presets import preset_path
+
+    return RunConfigs.build(
+        config, overrides, preset=None if preset is None else preset_path(preset)
+    )
 
 
 def train_command(*, config: Path | None, ray_address: str | None, **flags: Any) -> None:

@@ -2,7 +2,9 @@
 
 Start: 1) open the run's ``DataManager`` (its writer lock: one trainer per run) 2) start
 Ray (local unless an address is given) and the stats actor 3) load what to resume from, by
-the DataManager's rules, and say so ("resuming run X from step N") 4) start the self-play
+the DataManager's rules, build the network, the optimizer and the game from the
+checkpoint's own configs (:mod:`alphatriangle.training.resume`: a run of ours or of
+alphatriangle 1.0.0), and say so ("resuming run X from step N") 4) start the self-play
 workers with the current weights.
 
 Each turn of the loop: 1) take the games the workers finished into the replay buffer
@@ -38,12 +40,17 @@ import numpy as np
 import torch
 
 from alphatriangle.config import RunConfigs
-from alphatriangle.data import DataManager, SaveHandle
-from alphatriangle.env import GRID_CHANNELS, feature_dim
+from alphatriangle.data import DataManager, LoadedTrainingState, SaveHandle
+from alphatriangle.env import check_grid_channels, feature_dim
 from alphatriangle.nn import NeuralNetwork
 from alphatriangle.rl.core import ExperienceBuffer
 from alphatriangle.training.learner import Learner
 from alphatriangle.training.progress import Progress, ProgressInfo
+from alphatriangle.training.resume import (
+    check_weights_fit,
+    configs_of_checkpoint,
+    position_scheduler,
+)
 from alphatriangle.training.self_play import GameResult, start_workers
 
 __all__ = ["TrainingSummary", "check_configs", "run_training"]
@@ -81,13 +88,90 @@ def check_configs(configs: RunConfigs) -> None:
             f"{configs.model.OTHER_NN_INPUT_FEATURES_DIM}, but the game gives {expected} "
             f"features with NUM_SHAPE_SLOTS={configs.env.NUM_SHAPE_SLOTS}"
         )
-    if configs.model.GRID_INPUT_CHANNELS != GRID_CHANNELS:
-        raise ValueError(
-            f"ModelConfig.GRID_INPUT_CHANNELS is {configs.model.GRID_INPUT_CHANNELS}, but the "
-            f"game gives {GRID_CHANNELS} grid channels"
-        )
+    check_grid_channels(configs.model.GRID_INPUT_CHANNELS)
     if configs.train.MAX_TRAINING_STEPS is None:
         raise ValueError("TrainConfig.MAX_TRAINING_STEPS must be set (--steps)")
+
+
+def _run_config_file(configs: RunConfigs, run_name: str) -> Path | None:
+    """The ``configs.json`` of the run a checkpoint came from: beside an explicit load
+    path's ``checkpoints/`` directory, else in that run's directory under the data root."""
+    persist = configs.persistence
+    explicit = configs.train.LOAD_CHECKPOINT_PATH
+    if explicit:
+        return Path(explicit).absolute().parent.parent / persist.CONFIG_FILENAME
+    try:
+        return persist.get_run_base_dir(run_name) / persist.CONFIG_FILENAME
+    except ValueError:  # a run name that is no path component: no file to read
+        return None
+
+
+@dataclass
+class _Parts:
+    """What a run trains, built from its configs or, resuming, its checkpoint's."""
+
+    configs: RunConfigs
+    loaded: LoadedTrainingState | None
+    changed: list[str]
+    network: NeuralNetwork
+    learner: Learner
+    buffer: ExperienceBuffer
+
+
+def _build_parts(configs: RunConfigs, data: DataManager | None) -> _Parts:
+    """Load what to resume from (nothing without ``data``), take the model, the game and
+    the optimizer from its checkpoint, and build the network (checked against the
+    checkpoint's weights: an error naming the field, not torch's), learner and buffer."""
+    loaded = None if data is None else data.load_initial_state()
+    checkpoint = None if loaded is None else loaded.checkpoint_data
+    changed: list[str] = []
+    if checkpoint is not None:
+        configs, changed = configs_of_checkpoint(
+            configs, checkpoint, _run_config_file(configs, checkpoint.run_name)
+        )
+    check_configs(configs)
+    network = NeuralNetwork(configs.model, configs.env, configs.train)
+    if checkpoint is not None:
+        check_weights_fit(
+            network,
+            checkpoint.model_state_dict,
+            f"the checkpoint of run {checkpoint.run_name} at step {checkpoint.global_step}",
+        )
+    learner = Learner(network, configs.train)
+    buffer = ExperienceBuffer(configs.train, configs.env, configs.model)
+    return _Parts(configs, loaded, changed, network, learner, buffer)
+
+
+def _apply(
+    parts: _Parts, data: DataManager, stats_actor: Any, echo: Callable[[str], None]
+) -> tuple[int, int, int, str | None]:
+    """Put the loaded state into the parts and say so; (step, games, simulations, the run
+    resumed from)."""
+    if parts.loaded is None:
+        return 0, 0, 0, None
+    learner, train = parts.learner, parts.configs.train
+    scheduler = getattr(learner, "scheduler", None)
+    step, episodes, simulations = data.apply_loaded_state(
+        parts.loaded,
+        parts.network,
+        learner.optimizer,
+        buffer=parts.buffer,
+        stats_collector_actor=stats_actor,
+        scheduler=scheduler,
+    )
+    checkpoint = parts.loaded.checkpoint_data
+    if checkpoint is None:
+        return step, episodes, simulations, None
+    if scheduler is not None and checkpoint.scheduler_state_dict is None:
+        position_scheduler(scheduler, learner.optimizer, step)
+    origin = "" if checkpoint.run_name == train.RUN_NAME else f" (from run {checkpoint.run_name})"
+    echo(
+        f"resuming run {train.RUN_NAME} from step {step}{origin}: buffer "
+        f"{len(parts.buffer)} experiences, {episodes} games played, {simulations} simulations"
+    )
+    if parts.changed:
+        echo(f"  with the checkpoint's own configs: {', '.join(parts.changed)}")
+    return step, episodes, simulations, checkpoint.run_name
 
 
 class _StopRequest:
@@ -182,7 +266,8 @@ def run_training(
 
     from alphatriangle.stats import StatsCollectorActor
 
-    check_configs(configs)
+    if configs.train.MAX_TRAINING_STEPS is None:
+        raise ValueError("TrainConfig.MAX_TRAINING_STEPS must be set (--steps)")
     train, persist = configs.train, configs.persistence
     target = train.MAX_TRAINING_STEPS
     assert target is not None
@@ -192,35 +277,17 @@ def run_training(
     workers: list[Any] = []
     metrics_logger: Any = None
     try:
-        network = NeuralNetwork(configs.model, configs.env, train)
-        learner = Learner(network, train)
-        buffer = ExperienceBuffer(train, configs.env, configs.model)
         # Read what to resume from first: an unreadable checkpoint fails before Ray starts.
-        loaded = data.load_initial_state() if checkpointing else None
+        parts = _build_parts(configs, data if checkpointing else None)
+        configs, train = parts.configs, parts.configs.train
+        network, learner, buffer = parts.network, parts.learner, parts.buffer
         owns_ray = _start_ray(ray_address, train.NUM_SELF_PLAY_WORKERS)
         if owns_ray and ray_address is None:
             # Local workers take a core each; a learner spinning on every core starves them.
             cores = os.cpu_count() or 1
             torch.set_num_threads(max(1, cores - train.NUM_SELF_PLAY_WORKERS))
         stats_actor = StatsCollectorActor.remote()
-        step = episodes = simulations = 0
-        resumed_from = None
-        if loaded is not None:
-            step, episodes, simulations = data.apply_loaded_state(
-                loaded,
-                network,
-                learner.optimizer,
-                buffer=buffer,
-                stats_collector_actor=stats_actor,
-            )
-            if loaded.checkpoint_data is not None:
-                resumed_from = loaded.checkpoint_data.run_name
-                origin = "" if resumed_from == train.RUN_NAME else f" (from run {resumed_from})"
-                echo(
-                    f"resuming run {train.RUN_NAME} from step {step}{origin}: buffer "
-                    f"{len(buffer)} experiences, {episodes} games played, {simulations} "
-                    f"simulations"
-                )
+        step, episodes, simulations, resumed_from = _apply(parts, data, stats_actor, echo)
         data.save_run_config(configs.as_dict())
         metrics_logger = _metrics_logger(configs, data)
         summary = TrainingSummary(
@@ -320,6 +387,7 @@ class _Loop:
             self.summary.episodes_played,
             self.summary.total_simulations,
             is_final=final,
+            scheduler=getattr(self.learner, "scheduler", None),
             metrics={
                 **({} if self.loss is None else {"loss": self.loss}),
                 "buffer_size": float(len(self.buffer)),

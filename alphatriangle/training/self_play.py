@@ -49,11 +49,13 @@ def play_game(
     mcts_config: MCTSConfig,
     rng: np.random.Generator,
     weights_version: int = 0,
+    *,
+    grid_channels: int = 1,
 ) -> GameResult:
-    """Play one game; each move's experience is its state, the root's visit distribution
-    (the policy target, dense over ``ACTION_DIM``) and the discounted return that followed
-    (the value target)."""
-    game = TriangleGame(env_config, rng)
+    """Play one game; each move's experience is its state (``grid_channels`` grid channels:
+    ``ModelConfig.GRID_INPUT_CHANNELS``), the root's visit distribution (the policy target,
+    dense over ``ACTION_DIM``) and the discounted return that followed (the value target)."""
+    game = TriangleGame(env_config, rng, grid_channels=grid_channels)
     grids, others, policies, rewards = [], [], [], []
     simulations = 0
     while not game.is_over() and game.moves < mcts_config.MAX_GAME_MOVES:
@@ -105,6 +107,7 @@ class SelfPlayWorker:
         torch.set_num_threads(1)
         torch.manual_seed(seed)
         self.env_config, self.mcts_config = env_config, mcts_config
+        self.grid_channels = model_config.GRID_INPUT_CHANNELS
         self.network = NeuralNetwork(model_config, env_config, train_config, device="cpu")
         self.network.model.eval()
         self.rng = np.random.default_rng(seed)
@@ -119,7 +122,12 @@ class SelfPlayWorker:
             self.network.set_weights(ray.get(weights[0]))
             self.weights_version = weights_version
         return play_game(
-            self.network, self.env_config, self.mcts_config, self.rng, self.weights_version
+            self.network,
+            self.env_config,
+            self.mcts_config,
+            self.rng,
+            self.weights_version,
+            grid_channels=self.grid_channels,
         )
 
 

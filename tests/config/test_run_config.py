@@ -59,3 +59,37 @@ def test_a_missing_file_and_a_bad_flag(tmp_path: Path) -> None:
         RunConfigs.build(tmp_path / "absent.yaml")
     with pytest.raises(ConfigFileError, match=r"(?s)the command line.*NUM_SELF_PLAY_WORKERS"):
         RunConfigs.build(None, {"NUM_SELF_PLAY_WORKERS": 0})
+
+
+REAL_RUN = (
+    Path(__file__).parents[1]
+    / "fixtures"
+    / "alphatriangle-1.0.0-real"
+    / "runs"
+    / "train_20250421_101500"
+)
+
+
+def test_the_quick_preset_is_small_and_sits_under_the_file_and_flags(tmp_path: Path) -> None:
+    from alphatriangle.training.presets import preset_names, preset_path
+
+    assert "quick" in preset_names()
+    quick = RunConfigs.build(preset=preset_path("quick"))
+    assert quick.model.USE_TRANSFORMER is False and quick.model.NUM_RESIDUAL_BLOCKS == 0
+    assert quick.train.MAX_TRAINING_STEPS == 1000 and quick.mcts.NUM_SIMULATIONS == 16
+    assert RunConfigs().model.USE_TRANSFORMER is True  # the defaults stay 1.0.0's
+    path = tmp_path / "run.yaml"
+    path.write_text("MCTSConfig:\n  NUM_SIMULATIONS: 4\n")
+    configs = RunConfigs.build(path, {"MAX_TRAINING_STEPS": 7}, preset=preset_path("quick"))
+    assert configs.mcts.NUM_SIMULATIONS == 4 and configs.train.MAX_TRAINING_STEPS == 7
+    assert configs.model == quick.model
+    with pytest.raises(ValueError, match=r"no preset named 'huge': the presets are .*quick"):
+        preset_path("huge")
+
+
+def test_a_1_0_0_configs_json_builds_the_run_configs() -> None:
+    configs = RunConfigs.build(REAL_RUN / "configs.json")
+    assert configs.model.CONV_FILTERS == [8, 16] and configs.model.GRID_INPUT_CHANNELS == 1
+    assert configs.train.OPTIMIZER_TYPE == "AdamW"
+    assert configs.train.LR_SCHEDULER_TYPE == "CosineAnnealingLR"
+    assert configs.persistence.RUN_NAME == "train_20250421_101500"

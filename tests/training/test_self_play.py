@@ -4,17 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from alphatriangle.config import EnvConfig, MCTSConfig, ModelConfig, TrainConfig
+from alphatriangle.config import EnvConfig, MCTSConfig, RunConfigs, TrainConfig
 from alphatriangle.env import TriangleGame
 from alphatriangle.nn import NeuralNetwork
 from alphatriangle.rl.core import ExperienceBuffer
 from alphatriangle.training import Learner, play_game, run_search
+from alphatriangle.training.presets import preset_path
+
+QUICK = RunConfigs.build(preset=preset_path("quick"))
 
 
 @pytest.fixture
 def network() -> NeuralNetwork:
     torch.manual_seed(0)
-    return NeuralNetwork(ModelConfig(), EnvConfig(), TrainConfig(), device="cpu")
+    return NeuralNetwork(QUICK.model, EnvConfig(), TrainConfig(), device="cpu")
 
 
 def test_search_visits_only_legal_actions(network: NeuralNetwork) -> None:
@@ -33,22 +36,31 @@ def test_a_game_gives_honest_experiences(network: NeuralNetwork) -> None:
     batch = result.experiences
     moves = result.moves
     assert 0 < moves <= 25 and result.simulations == 4 * moves
-    assert batch["grid"].shape == (moves, 2, 8, 15) and batch["grid"].dtype == np.float32
+    assert batch["grid"].shape == (moves, 1, 8, 15) and batch["grid"].dtype == np.float32
     assert batch["other_features"].shape == (moves, 30)
     assert batch["policy_target"].shape == (moves, env.ACTION_DIM)
     np.testing.assert_allclose(batch["policy_target"].sum(axis=1), 1.0, rtol=1e-5)
-    # Returns are discounted rewards: r_t = R_t - 0.9 R_{t+1}, each at least one triangle.
+    # Returns are discounted rewards: r_t = R_t - 0.9 R_{t+1}, each at least one triangle
+    # placed and a step alive (1.0.0's rewards), but the last when it ended the game.
     returns = batch["value_target"]
     rewards = returns - 0.9 * np.append(returns[1:], 0.0)
-    assert np.all(rewards >= 0.1 - 1e-9)
+    assert np.all(rewards[:-1] >= env.REWARD_PER_PLACED_TRIANGLE + env.REWARD_PER_STEP_ALIVE - 1e-9)
     assert rewards.sum() == pytest.approx(result.score)
-    # The first state is an empty grid with the orientation channel.
-    assert batch["grid"][0, 0].sum() == 0 and batch["grid"][0, 1].sum() == 60
+    # The first state is an empty grid: 1.0.0's one channel, -1 on the dead cells.
+    assert set(np.unique(batch["grid"][0, 0]).tolist()) == {-1.0, 0.0}
+    network_2 = _two_channel()
+    two = play_game(network_2, env, mcts, np.random.default_rng(2), grid_channels=2)
+    assert two.experiences["grid"].shape[1:] == (2, 8, 15)
+
+
+def _two_channel() -> NeuralNetwork:
+    model = QUICK.model.model_copy(update={"GRID_INPUT_CHANNELS": 2})
+    return NeuralNetwork(model, EnvConfig(), TrainConfig(), device="cpu")
 
 
 def test_learner_fits_a_batch_and_feeds_priorities(network: NeuralNetwork) -> None:
     train = TrainConfig(MIN_BUFFER_SIZE_TO_TRAIN=16, BATCH_SIZE=16, BUFFER_CAPACITY=512)
-    buffer = ExperienceBuffer(train)
+    buffer = ExperienceBuffer(train, EnvConfig(), QUICK.model)
     mcts = MCTSConfig(NUM_SIMULATIONS=2, MAX_GAME_MOVES=20)
     rng = np.random.default_rng(3)
     while not buffer.is_ready():

@@ -1,0 +1,179 @@
+"""Resuming with a checkpoint's own configs: the network, the game and the optimizer as the
+run that wrote the checkpoint had them (a run of ours or of alphatriangle 1.0.0), whatever
+the configs of the run that resumes say; and, when its weights cannot fit the network its
+configs describe, an error naming the config field (never torch's raw state-dict mismatch).
+
+What comes from where: ``ModelConfig`` and ``EnvConfig`` from the checkpoint
+(``model_config_dict``, ``env_config_dict``); the optimizer's fields (:data:`OPTIMIZER_FIELDS`)
+from the ``TrainConfig`` of the run's ``configs.json`` when it has one, else
+``OPTIMIZER_TYPE`` as the saved optimizer state shows it; everything else (steps, batch,
+buffer, workers, search, persistence) from the resuming run's configs.
+
+Cost: one small JSON file read and a comparison of the state dict's shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from alphatriangle.config import EnvConfig, ModelConfig, RunConfigs, TrainConfig
+
+__all__ = [
+    "OPTIMIZER_FIELDS",
+    "check_weights_fit",
+    "configs_of_checkpoint",
+    "optimizer_type_of",
+    "position_scheduler",
+]
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_FIELDS = (
+    "OPTIMIZER_TYPE",
+    "LEARNING_RATE",
+    "WEIGHT_DECAY",
+    "LR_SCHEDULER_TYPE",
+    "LR_SCHEDULER_T_MAX",
+    "LR_SCHEDULER_ETA_MIN",
+    "LR_SCHEDULER_STEP_SIZE",
+    "LR_SCHEDULER_GAMMA",
+)
+
+# The parts of 1.0.0's network (its state-dict prefixes) and the fields that shape them.
+_PART_FIELDS = (
+    ("conv_body.0.", "ModelConfig.GRID_INPUT_CHANNELS, CONV_FILTERS, CONV_KERNEL_SIZES"),
+    ("conv_body.", "ModelConfig.CONV_FILTERS, CONV_KERNEL_SIZES"),
+    ("res_body.", "ModelConfig.NUM_RESIDUAL_BLOCKS, RESIDUAL_BLOCK_FILTERS"),
+    ("input_proj.", "ModelConfig.TRANSFORMER_DIM"),
+    ("pos_encoder.", "ModelConfig.USE_TRANSFORMER, TRANSFORMER_DIM"),
+    (
+        "transformer_body.",
+        "ModelConfig.USE_TRANSFORMER, TRANSFORMER_LAYERS, TRANSFORMER_DIM, TRANSFORMER_FC_DIM",
+    ),
+    ("shared_fc.0.", "ModelConfig.FC_DIMS_SHARED, OTHER_NN_INPUT_FEATURES_DIM (or the trunk)"),
+    ("shared_fc.", "ModelConfig.FC_DIMS_SHARED"),
+    ("policy_head.", "ModelConfig.POLICY_HEAD_DIMS, EnvConfig.ACTION_DIM"),
+    ("value_head.", "ModelConfig.VALUE_HEAD_DIMS, NUM_VALUE_ATOMS"),
+)
+_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _fields_of(config: BaseModel) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in type(config).model_fields}
+
+
+def _build(cls: type[BaseModel], values: Mapping[str, Any], what: str) -> Any:
+    try:
+        return cls.model_validate(dict(values))
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in error["loc"]) or "?" for error in exc.errors()})
+        raise ValueError(
+            f"{what} cannot build a {cls.__name__} (field {', '.join(fields)}): {exc}"
+        ) from exc
+
+
+def optimizer_type_of(state: Mapping[str, Any]) -> str | None:
+    """``"SGD"``, ``"Adam"`` or ``"AdamW"`` as a saved optimizer state shows it; None when
+    it cannot tell (Adam and AdamW look alike in states of torch before 2.6)."""
+    groups = state.get("param_groups") or []
+    if not groups:
+        return None
+    group = groups[0]
+    if "betas" not in group:
+        return "SGD" if "momentum" in group else None
+    if "decoupled_weight_decay" in group:
+        return "AdamW" if group["decoupled_weight_decay"] else "Adam"
+    return None
+
+
+def _saved_train_fields(run_config_file: Path | None) -> dict[str, Any]:
+    """The optimizer fields of the ``TrainConfig`` section of a run's ``configs.json``
+    (empty when there is no such file or section)."""
+    if run_config_file is None or not run_config_file.is_file():
+        return {}
+    try:
+        saved = json.loads(run_config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the run's config file {run_config_file}: {exc}") from exc
+    section = saved.get("TrainConfig", saved.get("train")) if isinstance(saved, dict) else None
+    if not isinstance(section, dict):
+        return {}
+    return {name: section[name] for name in OPTIMIZER_FIELDS if name in section}
+
+
+def configs_of_checkpoint(
+    configs: RunConfigs, checkpoint: Any, run_config_file: Path | None
+) -> tuple[RunConfigs, list[str]]:
+    """``configs`` with the model, the game and the optimizer the checkpoint was written
+    with (see the module docstring), and the names of the fields that this changed.
+    ValueError naming the field when the checkpoint's configs cannot be built."""
+    where = f"the checkpoint of run {checkpoint.run_name} at step {checkpoint.global_step}"
+    model = _build(ModelConfig, checkpoint.model_config_dict, f"{where}: its model_config_dict")
+    env = _build(EnvConfig, checkpoint.env_config_dict, f"{where}: its env_config_dict")
+    optimizer = _saved_train_fields(run_config_file)
+    if "OPTIMIZER_TYPE" not in optimizer:
+        seen = optimizer_type_of(checkpoint.optimizer_state_dict)
+        if seen is not None:
+            optimizer["OPTIMIZER_TYPE"] = seen
+    train = _build(
+        TrainConfig,
+        {**_fields_of(configs.train), **optimizer},
+        f"{where}: the optimizer fields of {run_config_file}",
+    )
+    changed = [
+        f"{type(old).__name__}.{name}"
+        for old, new in ((configs.model, model), (configs.env, env), (configs.train, train))
+        for name in type(old).model_fields
+        if getattr(old, name) != getattr(new, name)
+    ]
+    resumed = configs.model_copy(update={"model": model, "env": env, "train": train})
+    return resumed, changed
+
+
+def check_weights_fit(network: Any, state_dict: Mapping[str, Any], where: str) -> None:
+    """ValueError when ``state_dict`` does not fit ``network.model`` key for key and shape
+    for shape, naming each part that differs and the config fields that shape it."""
+    expected = {k: tuple(v.shape) for k, v in network.model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    problems = []
+    for key in sorted(set(expected) | set(saved)):
+        if expected.get(key) == saved.get(key):
+            continue
+        if key not in saved:
+            what = f"{key} {expected[key]} is missing from the checkpoint"
+        elif key not in expected:
+            what = f"{key} {saved[key]} is in the checkpoint, not in the network"
+        else:
+            what = f"{key} is {saved[key]} in the checkpoint, {expected[key]} in the network"
+        problems.append(f"{what} ({_fields_for(key, key in saved and key in expected)})")
+    if problems:
+        shown = "; ".join(problems[:6])
+        more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        raise ValueError(
+            f"{where}: its weights do not fit the network its configs describe: {shown}{more}"
+        )
+
+
+def _fields_for(key: str, in_both: bool) -> str:
+    if not in_both and key.rsplit(".", 1)[-1] in _NORM_BUFFERS:
+        return "ModelConfig.USE_BATCH_NORM"
+    for prefix, fields in _PART_FIELDS:
+        if key.startswith(prefix):
+            return fields
+    return "a part this network does not have"
+
+
+def position_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Put a learning-rate scheduler built fresh at ``step``, for a checkpoint without a
+    scheduler state (1.0.0 saved none): the optimizer state already holds the learning rate
+    of that step, so the schedule goes on from there (both of 1.0.0's schedulers compute
+    the next rate from the current one)."""
+    scheduler.last_epoch = step
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
