@@ -45,10 +45,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: the reference training run (``alphatriangle train``) on the embedded
-    defaults: checkpoints and a local MLflow store under ./.alphatriangle_data, local Ray."""
+    """The main job: the reference training run (``alphatriangle train --preset quick``, a
+    small network, about a minute on 2 CPU cores): checkpoints and a local MLflow store under
+    ./.alphatriangle_data, local Ray. Arguments go to ``alphatriangle train`` after the
+    preset (``nox -s demo -- --steps 200``)."""
     _install(session)
-    session.run("alphatriangle", "train", *session.posargs)
+    session.run("alphatriangle", "train", "--preset", "quick", *session.posargs)
 
 
 # Peers the benchmarks compare against; each is installed on its own, and one that cannot
