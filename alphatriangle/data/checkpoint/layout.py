@@ -97,6 +97,8 @@ def scan_steps(directory: Path) -> StepScan:
                     manifest = os.lstat(os.path.join(entry.path, MANIFEST_NAME))  # noqa: PTH118
                     complete = stat.S_ISREG(manifest.st_mode) and manifest.st_size > 0
                 except FileNotFoundError:
+                    if not os.path.lexists(entry.path):
+                        continue  # deleted (or replaced) since the listing: no news
                     complete = False
                 if complete:
                     steps.append(step)

@@ -173,12 +173,14 @@ def _finish_at_exit() -> None:
     for writer in list(_live_writers):
         with writer._idle:
             handles = list(writer._pending)
-        if handles:
+        # A committed save whose retention or upload hand-off still runs is not in flight.
+        in_flight = [h.step for h in handles if not h.committed.done()]
+        if in_flight:
             logger.warning(
                 "interpreter exiting: finishing %d checkpoint save(s) in flight (steps %s); "
                 "call close() to do this yourself",
-                len(handles),
-                [h.step for h in handles],
+                len(in_flight),
+                in_flight,
             )
         writer.stop()
         for handle in handles:

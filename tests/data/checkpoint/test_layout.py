@@ -61,3 +61,36 @@ def test_scan_finds_exactly_the_committed_steps(
 def test_scanning_a_missing_directory_finds_nothing(tmp_path: Path) -> None:
     assert scan_steps(tmp_path / "absent").steps == []
     assert scan_leftovers(tmp_path / "absent") == []
+
+
+def test_a_step_deleted_during_the_scan_is_no_news(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The deleter renames a step away between the listing and the look at its manifest (a
+    reader reloading while the writer prunes): the step is gone, not "without a manifest"."""
+    import os
+
+    from alphatriangle.data import CheckpointManager, CheckpointManagerOptions
+
+    for step in (1, 2):
+        (tmp_path / step_dir_name(step)).mkdir()
+        (tmp_path / step_dir_name(step) / "manifest.json").write_text("{}")
+    real_lstat = os.lstat
+    doomed = str(tmp_path / step_dir_name(1) / "manifest.json")
+    trash = tmp_path / trash_dir_name(1)
+
+    def deleting_lstat(path: str | os.PathLike[str], *args: object, **kwargs: object) -> object:
+        if os.fspath(path) == doomed:  # the deleter wins the race, as retention does
+            (tmp_path / step_dir_name(1)).rename(trash)
+        return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", deleting_lstat)
+    scan = scan_steps(tmp_path)
+    assert scan.steps == [2] and scan.incomplete == []
+    monkeypatch.setattr(os, "lstat", real_lstat)
+    trash.rename(tmp_path / step_dir_name(1))
+    monkeypatch.setattr(os, "lstat", deleting_lstat)
+    with caplog.at_level("WARNING"):
+        reader = CheckpointManager(tmp_path, CheckpointManagerOptions(read_only=True))
+        assert reader.all_steps() == [2]
+    assert "manifest" not in caplog.text

@@ -169,6 +169,33 @@ def test_script_that_never_closes_still_commits_its_last_save(tmp_path: Path) ->
         assert_tree_equal(manager.restore(7), state_for_step(7, 32.0))
 
 
+def test_exit_message_counts_only_saves_not_yet_committed(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpt"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepAll
+
+        class SlowRetention(KeepAll):
+            def keep(self, steps, now):
+                time.sleep(1.0)  # post-commit work still running at exit
+                return super().keep(steps, now)
+
+        options = CheckpointManagerOptions(retention=SlowRetention())
+        manager = CheckpointManager({str(directory)!r}, options)
+        manager.save(0, {{"w": 0}})
+        manager.save(1, {{"w": 1}}).result(60)
+        print("committed", flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "committed" in result.stdout
+    assert "in flight" not in result.stderr, result.stderr
+
+
 def test_creating_the_directory_fsyncs_each_new_parent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
