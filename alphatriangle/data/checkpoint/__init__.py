@@ -41,7 +41,7 @@ from alphatriangle.data.checkpoint.save_decision import (
     SavePolicy,
     SaveWhen,
 )
-from alphatriangle.data.checkpoint.sync import MlflowSyncOptions
+from alphatriangle.data.checkpoint.sync import MlflowSyncOptions, UploadStatus
 from alphatriangle.data.checkpoint.writer import SaveHandle
 
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "SaveWhen",
     "StepExistsError",
     "StepInfo",
+    "UploadStatus",
     "WeightsOnlyError",
     "fsync_dir",
     "step_dir_name",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alphatriangle.data.checkpoint._devices import DeviceMap
 from alphatriangle.data.checkpoint.commit import (
     commit_step_dir,
     create_directory_durably,
@@ -57,7 +58,7 @@ from alphatriangle.data.checkpoint.staging import (
     StagingSlot,
     stage_state,
 )
-from alphatriangle.data.checkpoint.sync import MlflowSync
+from alphatriangle.data.checkpoint.sync import MlflowSync, UploadStatus
 from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
 
 __all__ = ["CheckpointManager"]
@@ -477,7 +478,7 @@ class CheckpointManager:
         map_location: Any = None,
         fallback: bool = False,
         weights_only: bool | None = None,
-        select: Sequence[Selector] | None = None,
+        select: Sequence[Selector] | Selector | None = None,
         item: str = DEFAULT_ITEM,
     ) -> Any:
         """The state tree saved as ``step`` (the newest committed step when None).
@@ -485,7 +486,10 @@ class CheckpointManager:
         ``item`` names which item of the step (``"state"`` by default); with ``step=None``,
         the newest committed step that holds it is read.
 
-        Tensors come back on the device they were saved from, or on ``map_location``.
+        Tensors come back on the device they were saved from, or where ``map_location``
+        sends them, with ``torch.load``'s meaning: a device or device name, a dict of saved
+        device to device (``{"cuda:1": "cuda:0"}``), or a callable ``(storage, location)``;
+        another form is a ``TypeError`` naming ``map_location``.
         Raises :class:`CheckpointNotFoundError` when there is no such step, and
         :class:`CheckpointCorruptError` naming the file when verification fails. A step being
         read is never deleted under the reader; if the newest step is deleted before the read
@@ -501,15 +505,18 @@ class CheckpointManager:
         :class:`CheckpointSignatureError` (a corrupt step, for ``fallback``).
 
         With ``select`` (top-level keys, or tuples of keys for deeper paths, e.g.
-        ``["model"]``), only those subtrees are read, returned as nested dicts along their
-        paths; each of their arrays is read alone and verified by its own checksum.
+        ``["model"]``; a bare ``"model"`` is one key), only those subtrees are read, returned
+        as nested dicts along their paths; each of their arrays is read alone and verified by
+        its own checksum.
         """
         if fallback and step is not None:
             raise ValueError("fallback restores the newest intact step: pass step=None")
         if weights_only is None:
             weights_only = self.options.weights_only
+        if isinstance(select, (str, int)):
+            select = [select]  # one key, never read letter by letter
         reading = _Reading(
-            map_location, weights_only, None if select is None else list(select), item
+            DeviceMap(map_location), weights_only, None if select is None else list(select), item
         )
         if not fallback:
             return self._restore(step, reading)
@@ -726,11 +733,12 @@ class CheckpointManager:
 
     def wait_for_uploads(self, timeout: float | None = None) -> bool:
         """Wait for the saves in flight to commit, then up to ``timeout`` seconds more for
-        every pending upload; whether all were uploaded. Never raises for the network."""
+        every pending upload; whether all were uploaded (if not, a warning says what is left
+        and why). Never raises for the network."""
         sync = self._synced()
         if self._writer is not None:
             self._writer.wait_idle()
-        return sync.wait(timeout)
+        return sync.drain(timeout)
 
     def mlflow_run_id(self) -> str:
         """The MLflow run the steps go to: the configured one, else the active one, else the
@@ -741,6 +749,13 @@ class CheckpointManager:
     def pending_uploads(self) -> list[int]:
         """Committed steps not yet uploaded (those in the ledger)."""
         return sorted(self._synced().pending())
+
+    def upload_status(self) -> UploadStatus:
+        """What is not uploaded yet and why (each step's permanent failure, the transient one
+        being retried, other files); also after ``close``, for a final report."""
+        if self._sync is None:
+            return self._synced().status()  # raises: sync is off
+        return self._sync.status()
 
     def remote_steps(self, timeout: float | None = None) -> list[int]:
         """The complete steps on the MLflow server (their manifest uploaded); transient

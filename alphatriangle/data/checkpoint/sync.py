@@ -1,5 +1,5 @@
 """Upload after commit: every committed step reaches an MLflow tracking server, in the
-background, verified on the way back.
+background, verified on the way back; no failure of the remote store stops training.
 
 1) resolve the run (the configured run id, else the active run, else a new run in the
 named experiment), once, in the background 2) for each step in the ledger of pending
@@ -10,21 +10,24 @@ incomplete and never chosen by :meth:`MlflowSync.remote_steps`.
 The ledger (``.uploads.json`` in the checkpoint directory) is written atomically (temporary
 file, fsync, rename, fsync of the directory): a process that dies, SIGKILL included, leaves
 it whole, and the next process that opens the directory with sync finishes what it lists,
-re-sending only what the server lacks. Only transient failures are retried (connection
-errors, timeouts, HTTP 408, 429 and 5xx), with exponential backoff and jitter, by default
-without end: an outage of hours only delays uploads. Anything else fails fast and is
-reported like any background failure; the step stays in the ledger.
+re-sending only what the server lacks. Transient failures (judged by type and code in
+``_remote_errors``: connection errors, timeouts, throttling, 5xx, for the tracking server,
+S3, GCS and Azure alike) are retried with exponential backoff and jitter, by default without
+end: an outage of hours only delays uploads. A permanent one (authentication, no such
+bucket) leaves the step in the ledger with its reason, to be tried again by the next process;
+it reaches the caller's ``save`` only with ``raise_on_permanent_failure``. Each cause is
+logged once (an outage when it starts and when it ends), not once per file or retry.
 
-Nothing here runs on the caller's thread of ``save`` or on the writer thread's commit path;
-``mlflow`` is imported only here, and only when sync is used.
+Deadlines: every request is one attempt with ``request_timeout_s`` (``_remote_store``);
+``close`` waits at most ``close_timeout_s`` and then leaves a request still running to its
+daemon thread, which no longer touches the ledger. Nothing here runs on the caller's thread
+of ``save`` or on the writer thread's commit path; ``mlflow`` is imported only here, and
+only when sync is used.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import shutil
 import tempfile
 import threading
@@ -36,24 +39,26 @@ from typing import Any, Literal
 import tenacity
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alphatriangle.data.checkpoint.commit import fsync_dir
+from alphatriangle.data.checkpoint._remote_errors import describe, is_transient
+from alphatriangle.data.checkpoint._remote_store import (
+    RunArtifacts,
+    bound_mlflow_http,
+    resolve_run_id,
+)
+from alphatriangle.data.checkpoint._upload_ledger import LEDGER_NAME, UploadLedger, UploadStatus
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, step_dir_name, step_from_dir_name
 
-__all__ = ["LEDGER_NAME", "MlflowSync", "MlflowSyncOptions", "UploadLedger", "is_transient"]
+__all__ = [
+    "LEDGER_NAME",
+    "MlflowSync",
+    "MlflowSyncOptions",
+    "UploadLedger",
+    "UploadStatus",
+    "is_transient",
+]
 
 logger = logging.getLogger(__name__)
-
-LEDGER_NAME = ".uploads.json"
-_PERMANENT_CODES = {
-    "INVALID_PARAMETER_VALUE",
-    "RESOURCE_DOES_NOT_EXIST",
-    "PERMISSION_DENIED",
-    "UNAUTHENTICATED",
-    "BAD_REQUEST",
-    "INVALID_STATE",
-    "RESOURCE_ALREADY_EXISTS",
-}
 
 
 class MlflowSyncOptions(BaseModel):
@@ -73,10 +78,15 @@ class MlflowSyncOptions(BaseModel):
     - retries: ``max_attempts`` and/or ``deadline_s`` per upload (None, the default: retry
       transient failures without end), backoff from ``backoff_initial_s`` doubling up to
       ``backoff_max_s``, with jitter.
+    - ``request_timeout_s``: the connect and read timeout of each request (one attempt:
+      the client's own retries are off, see the engine README).
     - ``artifact_path``: where steps go in the run (``checkpoints/step_000002500/``).
     - ``keep_until_uploaded``: retention keeps a step until its upload completed.
     - ``close_timeout_s``: how long ``close`` waits for pending uploads; what is left stays in
-      the ledger, and a warning says so.
+      the ledger, and a warning says what and why.
+    - ``raise_on_permanent_failure``: a permanent failure (or retries given up) is raised at
+      the manager's next ``save`` / ``wait_until_finished`` / ``close``; off by default: it
+      is logged and reported, and the step stays in the ledger.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -91,9 +101,11 @@ class MlflowSyncOptions(BaseModel):
     deadline_s: float | None = Field(default=None, gt=0)
     backoff_initial_s: float = Field(default=1.0, gt=0, le=3600)
     backoff_max_s: float = Field(default=60.0, gt=0, le=86_400)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     artifact_path: str = "checkpoints"
     keep_until_uploaded: bool = True
-    close_timeout_s: float = Field(default=30.0, ge=0, le=86_400)
+    close_timeout_s: float = Field(default=10.0, ge=0, le=86_400)
+    raise_on_permanent_failure: bool = False
 
     @field_validator("artifact_path")
     @classmethod
@@ -112,80 +124,13 @@ class MlflowSyncOptions(BaseModel):
         return self
 
 
-def _log_retry(state: tenacity.RetryCallState) -> None:
-    failure = state.outcome.exception() if state.outcome is not None else None
-    logger.warning("MLflow sync: %r; retry %d", failure, state.attempt_number)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failure is worth retrying: connection errors and timeouts, HTTP 408, 429
-    and 5xx; not a 4xx, not a local file error."""
-    import requests
-    from mlflow.exceptions import MlflowException, RestException
-
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, requests.HTTPError):
-        status = exc.response.status_code if exc.response is not None else 500
-        return status in (408, 429) or status >= 500
-    if isinstance(exc, RestException):
-        status = int(exc.get_http_status_code())  # type: ignore[no-untyped-call]
-        return status in (408, 429) or status >= 500
-    if isinstance(exc, MlflowException):
-        code = getattr(exc, "error_code", "")
-        if code in _PERMANENT_CODES:
-            return False
-        message = str(exc)
-        if re.search(r"failed with exception|Max retries exceeded|Connection|timed out", message):
-            return True
-        return bool(re.search(r"\b(408|429|5\d\d)\b", message))
-    return False
-
-
-class UploadLedger:
-    """The steps still to upload and the run they go to, in ``.uploads.json``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / LEDGER_NAME
-        self.run_id: str | None = None
-        self.pending: list[int] = []
-        self.readable = True
-        try:
-            raw = json.loads(self.path.read_bytes())
-            pending = raw["pending"]
-            if not isinstance(pending, list) or not all(type(s) is int for s in pending):
-                raise ValueError("pending is not a list of steps")
-            run_id = raw.get("run_id")
-            self.run_id = run_id if isinstance(run_id, str) else None
-            self.pending = sorted(set(pending))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            self.readable = False
-            logger.error(
-                "the upload ledger %s is unreadable (%s): re-checking every step", self.path, exc
-            )
-
-    def save(self) -> None:
-        """Write atomically: a crash leaves the old ledger or the new one, whole."""
-        temporary = self.path.with_name(f"{LEDGER_NAME}.{os.getpid()}.tmp")
-        data = json.dumps({"version": 1, "run_id": self.run_id, "pending": self.pending})
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        temporary.replace(self.path)
-        fsync_dir(self.path.parent)
-
-
 class MlflowSync:
     """The background uploader of one checkpoint directory, and fetching steps back.
 
     ``committed_steps`` lists the local steps (for the ledger's sanity); ``best_step`` names
     the step to keep pending under ``upload="latest_and_best"``; ``on_failure`` receives a
-    failure that is not retried (it is raised at the manager's next ``save``/``wait``)."""
+    permanent failure when ``raise_on_permanent_failure`` is set (the manager raises it at
+    its next ``save``/``wait``)."""
 
     def __init__(
         self,
@@ -201,11 +146,19 @@ class MlflowSync:
         self._best_step = best_step
         self._on_failure = on_failure
         self._cond = threading.Condition()
+        self._run_lock = threading.Lock()
         self._stopping = False
+        self._closed = False  # after close, a request left running never writes the ledger
         self._busy: int | None = None  # the step being uploaded
         self._failed: set[int] = set()  # failed for good in this process
+        self._files: dict[str, str | None] = {}  # other files: None in flight, else why not
+        self._retrying: tuple[str, float] | None = None  # the transient cause, since when
+        self._logged: set[str] = set()  # transient causes logged in this outage
+        self._logged_permanent: set[str] = set()
         self._client: Any = None
+        self._artifacts: RunArtifacts | None = None
         self._stop_event = threading.Event()
+        bound_mlflow_http(options.request_timeout_s)
         self.ledger = UploadLedger(directory)
         local = set(committed_steps())
         if not self.ledger.readable:
@@ -221,9 +174,9 @@ class MlflowSync:
         )
         self._thread.start()
 
-    # -- the run and the client -----------------------------------------------------------
+    # -- failures -------------------------------------------------------------------------
 
-    def _retrying(self, timeout: float | None = None) -> tenacity.Retrying:
+    def _retrying_policy(self, timeout: float | None = None) -> tenacity.Retrying:
         options = self.options
         stop: Any = tenacity.stop_never
         if options.max_attempts is not None:
@@ -242,8 +195,74 @@ class MlflowSync:
             + tenacity.wait_random(0, options.backoff_initial_s),
             stop=stop,
             reraise=True,
-            before_sleep=_log_retry,
+            before_sleep=self._note_transient,
+            sleep=self._sleep,
         )
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop_event.wait(seconds)  # close interrupts a backoff at once
+
+    def _note_transient(self, state: tenacity.RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome is not None else None
+        if failure is None:
+            return
+        cause, text = describe(failure)
+        with self._cond:
+            first = cause not in self._logged
+            self._logged.add(cause)
+            if self._retrying is None or self._retrying[0] != text:
+                self._retrying = (text, self._retrying[1] if self._retrying else time.time())
+                self.ledger.reason = text
+                if self.ledger.pending and not self._closed:
+                    self.ledger.save()
+            pending = list(self.ledger.pending)
+        if first:
+            logger.warning(
+                "MLflow sync cannot reach the artifact store (%s); retrying with backoff until "
+                "it answers; training goes on, and steps %s wait in %s",
+                text,
+                pending,
+                self.ledger.path,
+            )
+        else:
+            logger.debug("MLflow sync: %s; retry %d", text, state.attempt_number)
+
+    def _note_answered(self) -> None:
+        with self._cond:
+            retrying, self._retrying = self._retrying, None
+            self._logged.clear()  # a later outage is logged again
+        if retrying is not None:
+            logger.warning(
+                "MLflow sync: the artifact store answers again after %.0f s; uploading",
+                time.time() - retrying[1],
+            )
+
+    def _note_permanent(self, what: str, exc: BaseException) -> str:
+        """Log a failure that is not retried (once per cause); hand it to ``on_failure``
+        when asked to; its reason for the reports."""
+        cause, text = describe(exc)
+        if is_transient(exc):  # max_attempts or deadline_s ran out
+            text = f"retries given up: {text}"
+        with self._cond:
+            first = cause not in self._logged_permanent
+            self._logged_permanent.add(cause)
+        if first:
+            logger.error(
+                "MLflow upload of %s failed: %s. Training goes on; it is kept and tried again "
+                "when the directory is next opened with sync%s",
+                what,
+                text,
+                ""
+                if self.options.raise_on_permanent_failure
+                else " (later uploads that fail the same way are not logged again)",
+            )
+        else:
+            logger.debug("MLflow upload of %s failed: %s", what, text)
+        if self.options.raise_on_permanent_failure:
+            self._on_failure(exc)
+        return text
+
+    # -- the run and the client -----------------------------------------------------------
 
     def client(self) -> Any:
         if self._client is None:
@@ -254,45 +273,24 @@ class MlflowSync:
 
     def run_id(self) -> str:
         """The run steps go to (resolved once, then kept in the ledger)."""
-        if self.ledger.run_id is not None:
+        with self._run_lock:  # the uploader and a file's upload must not create two runs
+            if self.ledger.run_id is None:
+                run_id = resolve_run_id(self.client(), self.options)
+                with self._cond:
+                    self.ledger.run_id = run_id
+                    if not self._closed:
+                        self.ledger.save()
             return self.ledger.run_id
-        run_id = self.options.run_id
-        if run_id is None:
-            import mlflow
 
-            active = mlflow.active_run()
-            if active is not None:
-                run_id = str(active.info.run_id)
-        if run_id is None:
-            client = self.client()
-            experiment_id = "0"
-            if self.options.experiment_name:
-                found = client.get_experiment_by_name(self.options.experiment_name)
-                experiment_id = (
-                    found.experiment_id
-                    if found is not None
-                    else client.create_experiment(
-                        self.options.experiment_name,
-                        artifact_location=self.options.artifact_location,
-                    )
+    def artifacts(self) -> RunArtifacts:
+        """The run's artifact store, reached with bounded requests (``_remote_store``)."""
+        run_id = self.run_id()
+        with self._run_lock:
+            if self._artifacts is None or self._artifacts.run_id != run_id:
+                self._artifacts = RunArtifacts(
+                    self.client(), run_id, self.options.request_timeout_s
                 )
-            if self.options.run_name:  # a run of this name already there: resume into it
-                quoted = self.options.run_name.replace("\\", "\\\\").replace("'", "\\'")
-                existing = client.search_runs(
-                    [experiment_id],
-                    filter_string=f"attributes.run_name = '{quoted}'",
-                    max_results=1,
-                    order_by=["attributes.start_time DESC"],
-                )
-                if existing:
-                    run_id = str(existing[0].info.run_id)
-            if run_id is None:
-                run = client.create_run(experiment_id, run_name=self.options.run_name)
-                run_id = str(run.info.run_id)
-        with self._cond:
-            self.ledger.run_id = run_id
-            self.ledger.save()
-        return run_id
+            return self._artifacts
 
     def _remote_dir(self, step: int) -> str:
         return f"{self.options.artifact_path}/{step_dir_name(step)}"
@@ -307,6 +305,8 @@ class MlflowSync:
                 self.ledger.pending = [s for s in self.ledger.pending if s == best]
             if step not in self.ledger.pending:
                 self.ledger.pending = sorted({*self.ledger.pending, step})
+            self.ledger.failures.pop(step, None)  # a replaced step gets a fresh start
+            self._failed.discard(step)
             self.ledger.save()
             self._cond.notify_all()
 
@@ -319,6 +319,17 @@ class MlflowSync:
     def pending(self) -> set[int]:
         with self._cond:
             return set(self.ledger.pending)
+
+    def status(self) -> UploadStatus:
+        """What is not uploaded, and why (also after ``close``)."""
+        with self._cond:
+            retrying = self._retrying[0] if self._retrying is not None else None
+            return UploadStatus(
+                pending=tuple(self.ledger.pending),
+                failures=dict(self.ledger.failures),
+                retrying=retrying if retrying is not None else self.ledger.reason,
+                files={name: why or "not finished" for name, why in self._files.items()},
+            )
 
     def _next(self) -> int | None:
         with self._cond:
@@ -333,23 +344,27 @@ class MlflowSync:
     def _run(self) -> None:
         while (step := self._next()) is not None:
             try:
-                for attempt in self._retrying():
+                for attempt in self._retrying_policy():
                     with attempt:
                         self._upload(step)
             except BaseException as exc:
                 with self._cond:
                     self._busy = None
-                    if self._stopping and is_transient(exc):
+                    if self._stopping:
                         return  # closing: it stays in the ledger
+                reason = self._note_permanent(f"step {step}", exc)
+                with self._cond:
                     self._failed.add(step)
+                    self.ledger.failures[step] = reason
+                    if not self._closed:
+                        self.ledger.save()
                     self._cond.notify_all()
-                logger.error(
-                    "MLflow upload of step %d failed: %r (it stays in the ledger)", step, exc
-                )
-                self._on_failure(exc)
                 continue
+            self._note_answered()
             with self._cond:
                 self._busy = None
+                if self._closed:
+                    return
                 if step in self.ledger.pending:
                     self.ledger.pending.remove(step)
                     self.ledger.save()
@@ -363,46 +378,66 @@ class MlflowSync:
         if not local.is_dir():
             logger.warning("step %d was deleted before its upload; dropped from the ledger", step)
             return
-        client, run_id = self.client(), self.run_id()
+        store = self.artifacts()
         remote = self._remote_dir(step)
-        present = {Path(f.path).name: f.file_size for f in client.list_artifacts(run_id, remote)}
+        present = {Path(f.path).name: f.file_size for f in store.list(remote)}
         if MANIFEST_NAME in present and not self._same_remote_manifest(step, local):
             logger.info("step %d was replaced since its upload: sending every file again", step)
             present = {}
         names = sorted(p.name for p in local.iterdir() if p.name != MANIFEST_NAME)
         for name in [*names, MANIFEST_NAME]:
+            if self._stop_event.is_set():
+                raise CheckpointError(f"closing before step {step} was uploaded", step=step)
             if present.get(name) != (local / name).stat().st_size:
-                client.log_artifact(run_id, str(local / name), remote)
+                store.upload(str(local / name), remote)
 
     def wait(self, timeout: float | None) -> bool:
-        """Wait until nothing is pending (or only steps that failed for good); whether
-        everything pending was uploaded."""
+        """Wait until nothing is pending (or only steps and files that failed for good);
+        whether everything was uploaded."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 left = [s for s in self.ledger.pending if s not in self._failed]
-                if not left:
-                    return not self.ledger.pending
+                if not left and None not in self._files.values():
+                    return not self.ledger.pending and not self._files
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._cond.wait(remaining)
 
-    def close(self, timeout: float) -> None:
-        """Drain uploads up to ``timeout``; then stop, leaving the rest in the ledger."""
+    def drain(self, timeout: float | None) -> bool:
+        """:meth:`wait`, then say what is left and why (a warning) when not everything went."""
         done = self.wait(timeout)
+        if not done:
+            logger.warning("MLflow sync: %s", str(self.status()).replace("\n", ";"))
+        return done
+
+    def close(self, timeout: float) -> UploadStatus:
+        """Drain uploads for at most ``timeout`` seconds (plus a fraction of one); then stop,
+        leaving the rest in the ledger with its reason, and say what is left and why. A
+        request still running then is left to its daemon thread, which no longer writes the
+        ledger (the step is sent again, what the server lacks, by the next process)."""
+        began = time.monotonic()
+        self.wait(timeout)
         with self._cond:
             self._stopping = True
             self._stop_event.set()
             self._cond.notify_all()
-        self._thread.join(timeout=max(timeout, 1.0) + 60)
-        if not done:
+        self._thread.join(max(0.1, timeout - (time.monotonic() - began)))
+        with self._cond:
+            self._closed = True
+            if self._retrying is not None and self.ledger.pending:
+                self.ledger.reason = self._retrying[0]
+                self.ledger.save()
+        status = self.status()
+        if status:
             logger.warning(
-                "MLflow sync: steps %s are not uploaded yet; they stay in %s and upload when "
-                "the directory is next opened with sync",
-                self.pending(),
+                "MLflow sync: %s. The steps stay in %s and upload when the directory is next "
+                "opened with sync (`alphatriangle ckpt list` shows them)",
+                str(status).replace("\n", ";"),
                 self.ledger.path,
             )
+        return status
 
     # -- reading back ---------------------------------------------------------------------
 
@@ -410,20 +445,19 @@ class MlflowSync:
         """The complete steps on the server (those whose ``manifest.json`` is there);
         transient failures are retried like uploads, for at most ``timeout`` seconds when
         given (then the last failure is raised)."""
-        for attempt in self._retrying(timeout):
+        for attempt in self._retrying_policy(timeout):
             with attempt:
                 return self._list_remote_steps()
         raise AssertionError("unreachable")  # tenacity re-raises or returns
 
     def _list_remote_steps(self) -> list[int]:
-        client, run_id = self.client(), self.run_id()
+        store = self.artifacts()
         steps = []
-        for entry in client.list_artifacts(run_id, self.options.artifact_path):
+        for entry in store.list(self.options.artifact_path):
             step = step_from_dir_name(Path(entry.path).name)
             if step is None or not entry.is_dir:
                 continue
-            names = {Path(f.path).name for f in client.list_artifacts(run_id, entry.path)}
-            if MANIFEST_NAME in names:
+            if MANIFEST_NAME in {Path(f.path).name for f in store.list(entry.path)}:
                 steps.append(step)
         return sorted(steps)
 
@@ -431,35 +465,49 @@ class MlflowSync:
         self, path: Path, artifact_path: str, on_failure: Callable[[BaseException], None]
     ) -> None:
         """Upload one file, retried like steps (runs on the caller's thread: start it on
-        one of its own)."""
+        one of its own). A failure never reaches ``on_failure`` unless
+        ``raise_on_permanent_failure`` is set: it is logged and reported by ``status``."""
+        name = f"{artifact_path}/{path.name}"
+        with self._cond:
+            self._files[name] = None
         try:
-            for attempt in self._retrying():
+            for attempt in self._retrying_policy():
                 with attempt:
-                    self.client().log_artifact(self.run_id(), str(path), artifact_path)
+                    self.artifacts().upload(str(path), artifact_path)
         except BaseException as exc:
-            logger.error("MLflow upload of %s failed: %r", path, exc)
-            on_failure(exc)
+            stopping = self._stop_event.is_set()
+            reason = (
+                (self._retrying[0] if self._retrying else describe(exc)[1])
+                if stopping
+                else self._note_permanent(name, exc)
+            )
+            if not stopping and self.options.raise_on_permanent_failure:
+                on_failure(exc)
+            with self._cond:
+                self._files[name] = reason
+                self._cond.notify_all()
+            return
+        self._note_answered()
+        with self._cond:
+            self._files.pop(name, None)
+            self._cond.notify_all()
 
     def _same_remote_manifest(self, step: int, local: Path) -> bool:
-        client, run_id = self.client(), self.run_id()
+        store = self.artifacts()
         with tempfile.TemporaryDirectory(prefix=".manifest-", dir=self.directory) as landing:
-            fetched = client.download_artifacts(
-                run_id, f"{self._remote_dir(step)}/{MANIFEST_NAME}", landing
-            )
+            fetched = store.download(f"{self._remote_dir(step)}/{MANIFEST_NAME}", landing)
             return bool(Path(fetched).read_bytes() == (local / MANIFEST_NAME).read_bytes())
 
     def download(self, step: int, into: Path) -> None:
         """Download the files of ``step`` into the (empty, temporary) directory ``into``;
         retried like uploads."""
-        client, run_id = self.client(), self.run_id()
-        for attempt in self._retrying():
+        for attempt in self._retrying_policy():
             with attempt:
+                store = self.artifacts()
                 landing = into / ".download"
                 shutil.rmtree(landing, ignore_errors=True)
                 landing.mkdir()
-                fetched = Path(
-                    client.download_artifacts(run_id, self._remote_dir(step), str(landing))
-                )
+                fetched = Path(store.download(self._remote_dir(step), str(landing)))
                 for path in fetched.iterdir():
                     if not path.is_file() or path.is_symlink():
                         raise CheckpointError(f"remote step {step} holds {path.name}, not a file")

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from alphatriangle.data import (
     KeepAll,
     MlflowSyncOptions,
 )
+from alphatriangle.data.checkpoint._remote_errors import describe
 from alphatriangle.data.checkpoint.sync import LEDGER_NAME, UploadLedger, is_transient
 
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.5}
@@ -182,18 +184,110 @@ def test_options_are_validated() -> None:
         MlflowSyncOptions(backoff_initial_s=10, backoff_max_s=1)
 
 
-def test_only_transient_failures_are_retried() -> None:
-    import requests
-    from mlflow.exceptions import MlflowException, RestException
+def _raised(make: Callable[[], BaseException], inner: BaseException) -> BaseException:
+    """``make()`` raised while ``inner`` was being handled, as the stores chain their errors."""
+    try:
+        try:
+            raise inner
+        except BaseException:
+            raise make()  # noqa: B904 - the implicit chain, as the stores leave it
+    except BaseException as exc:
+        return exc
 
-    assert is_transient(requests.ConnectionError("refused"))
-    assert is_transient(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "x"}))
-    assert is_transient(MlflowException("API request to http://x failed with exception y"))
-    assert not is_transient(
-        RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "x"})
+
+def _client_error(code: str, status: int) -> BaseException:
+    from botocore.exceptions import ClientError
+
+    response = {
+        "Error": {"Code": code, "Message": "m"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "PutObject")  # type: ignore[arg-type]
+
+
+def _foreign(module: str, name: str, **attributes: Any) -> BaseException:
+    """An exception of a store client that is not installed here, by module and name."""
+    cls = type(name, (Exception,), {"__module__": module})
+    exc = cls("failure")
+    for key, value in attributes.items():
+        setattr(exc, key, value)
+    return exc
+
+
+def test_failures_are_classified_by_type_and_code_for_every_store() -> None:
+    import requests
+    import urllib3.exceptions
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ConnectionClosedError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
     )
-    assert not is_transient(MlflowException("bad", error_code="INVALID_PARAMETER_VALUE"))
-    assert not is_transient(FileNotFoundError("local file"))
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    response = requests.Response()
+    response.status_code = 503
+    forbidden = requests.Response()
+    forbidden.status_code = 403
+    transient = [
+        requests.ConnectionError("refused"),
+        requests.Timeout("slow"),
+        requests.HTTPError("503", response=response),
+        urllib3.exceptions.ProtocolError("reset"),
+        EndpointConnectionError(endpoint_url="http://s3"),
+        ConnectionClosedError(endpoint_url="http://s3"),
+        ReadTimeoutError(endpoint_url="http://s3"),
+        ConnectionRefusedError(),
+        *(_client_error(code, 503) for code in ("503", "SlowDown", "ServiceUnavailable")),
+        _client_error("500", 500),
+        _client_error("InternalError", 500),
+        _client_error("502", 502),
+        _client_error("504", 504),
+        _client_error("RequestTimeout", 400),
+        _client_error("ThrottlingException", 400),
+        _raised(lambda: S3UploadFailedError("upload failed"), _client_error("SlowDown", 503)),
+        RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "x"}),
+        MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE),
+        # MLflow around a connection error: the inner one decides.
+        _raised(lambda: MlflowException("API request failed"), requests.ConnectionError("x")),
+        _foreign("google.api_core.exceptions", "ServiceUnavailable"),
+        _foreign("google.api_core.exceptions", "TooManyRequests"),
+        _foreign("google.api_core.exceptions", "DeadlineExceeded"),
+        _foreign("google.api_core.exceptions", "InternalServerError"),
+        _foreign("azure.core.exceptions", "ServiceRequestError"),
+        _foreign("azure.core.exceptions", "ServiceResponseError"),
+        _foreign("azure.core.exceptions", "HttpResponseError", status_code=503),
+        _foreign("azure.core.exceptions", "HttpResponseError", status_code=429),
+    ]
+    permanent = [
+        *(_client_error(code, 403) for code in ("AccessDenied", "InvalidAccessKeyId")),
+        _client_error("SignatureDoesNotMatch", 403),
+        _client_error("ExpiredToken", 400),
+        _client_error("NoSuchBucket", 404),
+        _raised(lambda: S3UploadFailedError("upload failed"), _client_error("NoSuchBucket", 404)),
+        # MLflow's INTERNAL_ERROR around S3's AccessDenied stays permanent.
+        _raised(lambda: MlflowException("list failed"), _client_error("AccessDenied", 403)),
+        NoCredentialsError(),
+        requests.HTTPError("403", response=forbidden),
+        RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "x"}),
+        MlflowException("bad", error_code=INVALID_PARAMETER_VALUE),
+        FileNotFoundError("local file"),
+        ValueError("a bug"),
+        _foreign("google.api_core.exceptions", "Forbidden"),
+        _foreign("google.api_core.exceptions", "NotFound"),
+        _foreign("azure.core.exceptions", "ClientAuthenticationError"),
+        _foreign("azure.core.exceptions", "HttpResponseError", status_code=403),
+    ]
+    wrong = [e for e in transient if not is_transient(e)]
+    wrong += [e for e in permanent if is_transient(e)]
+    assert not wrong, wrong
+    # Every file that fails the same way has one cause: logs say it once.
+    first, _ = describe(_client_error("SlowDown", 503))
+    assert first == describe(_client_error("SlowDown", 503))[0] == "ClientError SlowDown"
+    cause, text = describe(EndpointConnectionError(endpoint_url="http://s3"))
+    assert cause == "EndpointConnectionError" and text.startswith("transient: ")
 
 
 def test_an_unreadable_ledger_rechecks_every_step(tmp_path: Path) -> None:
