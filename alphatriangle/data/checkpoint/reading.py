@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import xxhash
 
+from alphatriangle.data.checkpoint._devices import DeviceMap
 from alphatriangle.data.checkpoint.arrays import GRAD_DTYPES, TORCH_DTYPES, ArraySpec, numpy_dtype
 from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
@@ -598,7 +599,7 @@ def _array_in(arena: np.ndarray[Any, np.dtype[np.uint8]], spec: ArraySpec) -> An
 
 
 def _target_device(spec: ArraySpec, map_location: Any, step_dir: Path, step: int) -> torch.device:
-    device = torch.device(map_location) if map_location is not None else torch.device(spec.device)
+    device = DeviceMap.of(map_location)(spec.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(
             f"step {step} holds tensors saved on {spec.device}, and this process has no CUDA "
@@ -664,6 +665,7 @@ def read_item(
     ``weights_only`` and the item holds pickled objects (nothing is unpickled)."""
     if item not in manifest.items:
         raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
+    map_location = DeviceMap.of(map_location)
     signed = signing_key is not None
     data_name = f"{item}.data"
     # Mapped: the checksum pass over the data starts now and runs while the index is read.
@@ -1094,6 +1096,7 @@ def read_selected(
     the item does not have, and what :func:`read_item` raises."""
     if item not in manifest.items:
         raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
+    map_location = DeviceMap.of(map_location)
     signed = signing_key is not None
     index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
     paths = [tuple(s) if isinstance(s, tuple) else (s,) for s in select]
