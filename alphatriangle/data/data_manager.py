@@ -7,37 +7,35 @@ the stats actor's state (waited for a bounded time), the replay buffer's columns
 due items to the engine as one step: stage (``save_training_state`` returns here) → write →
 commit → retain → sync to MLflow.
 
-Resume (``load_initial_state``), first rule that applies: an explicit load path (a step
-directory of ours, or a 1.0.0 ``.pkl``); else this run's newest committed step; else, when
-its MLflow run holds complete steps (a new machine), the newest of them, fetched and
-verified; else, with ``AUTO_RESUME_LATEST``, the newest previous run (by the timestamp in its
-name), ours or 1.0.0's; else a fresh start, logged. A step or file that cannot be read is
-skipped for the newest intact one with an error-level log; a run whose checkpoints are all
-unreadable raises, naming them. Never a silent fresh start.
+The best step: a save whose ``metrics`` hold ``PersistenceConfig.BEST_METRIC`` is ranked by
+it (``BEST_MODE``); ``is_best=True`` (1.0.0's flag) marks a step best whatever its metrics.
+Retention keeps the ``KEEP_LATEST_CHECKPOINTS`` newest steps, the ``KEEP_BEST_CHECKPOINTS``
+best ranked and the ``KEEP_BEST_CHECKPOINTS`` newest flagged, every ``KEEP_EVERY_STEPS``-th,
+and the newest step holding each item. ``best_step()``: the newest flagged step, else the
+best ranked. The first checkpoint saved without ``BEST_METRIC`` warns (once).
+
+Resume: :meth:`DataManager.load_initial_state` states the rules (explicit path, this run,
+its MLflow run, the newest previous run, fresh start); never a silent fresh start.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
 import re
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 
 from alphatriangle.config import PersistenceConfig, TrainConfig
 from alphatriangle.data.checkpoint import (
-    CheckpointCorruptError,
     CheckpointManager,
     CheckpointManagerOptions,
-    CheckpointNotFoundError,
     KeepBest,
     KeepEvery,
     KeepLatest,
@@ -49,56 +47,40 @@ from alphatriangle.data.checkpoint import (
     SaveInterval,
     SavePolicy,
     StepExistsError,
-)
-from alphatriangle.data.checkpoint.commit import fsync_dir
-from alphatriangle.data.checkpoint.layout import (
-    MANIFEST_NAME,
-    scan_steps,
+    fsync_dir,
     step_dir_name,
-    step_from_dir_name,
 )
-from alphatriangle.data.legacy import (
-    legacy_checkpoint_files,
-    load_legacy_buffer,
-    load_legacy_checkpoint,
-    load_legacy_checkpoint_dir,
+from alphatriangle.data.legacy import legacy_checkpoint_files
+from alphatriangle.data.run_reading import (
+    BEST_FLAG,
+    best_step,
+    has_steps,
+    load_path,
+    newest_holding,
+    optional_buffer,
+    read_run,
+    read_run_dir,
+    step_of,
 )
-from alphatriangle.data.schemas import BufferData, CheckpointData, LoadedTrainingState
+from alphatriangle.data.schemas import LoadedTrainingState
+from alphatriangle.data.state_trees import (
+    BUFFER_ITEM,
+    CHECKPOINT_ITEM,
+    buffer_tree,
+    check_parts,
+    checkpoint_tree,
+    load_network_weights,
+    put_stats_state,
+    restore_rng_state,
+    run_config_json,
+)
 
 __all__ = ["BUFFER_ITEM", "CHECKPOINT_ITEM", "DataManager"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_ITEM = "checkpoint"
-BUFFER_ITEM = "buffer"
-_CHECKPOINT_FORMAT = "alphatriangle.CheckpointData"
-_BUFFER_FORMAT = "alphatriangle.BufferData"
 _TIMESTAMP = re.compile(r"(\d{8}_\d{6})")
 _REMOTE_CHECK_S = 30.0
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The RNG states of Python, NumPy (global), torch CPU and every CUDA device."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("torch_cuda") or []
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    """A pydantic config's fields (not its computed ones), as plain data."""
-    return {name: getattr(config, name) for name in type(config).model_fields}
 
 
 class DataManager:
@@ -107,7 +89,8 @@ class DataManager:
     ``save_training_state`` returns once the state is staged (the write goes on in the
     background: its handle says when it committed); ``wait_until_finished`` waits for it and
     raises a background failure; ``close`` finishes saves and uploads (up to the sync's
-    deadline) and releases the run's directory."""
+    deadline) and releases the run's directory. ``best_step()`` and
+    ``get_checkpoint_path(is_best=True)`` name the best step (see the module docstring)."""
 
     def __init__(
         self,
@@ -131,16 +114,17 @@ class DataManager:
         # its creation: a resumed run does not save at its first step.
         self._last_checkpoint_step: int | None = None
         self._last_checkpoint_time: float = clock()
+        self._warned_best_metric = False
 
     def _options(self) -> CheckpointManagerOptions:
         persist = self.persist_config
         retention: RetentionPolicy = KeepLatest(persist.KEEP_LATEST_CHECKPOINTS)
         if persist.KEEP_BEST_CHECKPOINTS:
-            # `is_best` saves carry the metric is_best=1; others are unranked, and not kept
-            # on this part's account.
-            retention |= KeepBest(
-                persist.KEEP_BEST_CHECKPOINTS, "is_best", "max", keep_unranked=False
-            )
+            best = persist.KEEP_BEST_CHECKPOINTS
+            # Steps without the metric (or the flag) are not kept on these parts' account.
+            retention |= KeepBest(best, persist.BEST_METRIC, persist.BEST_MODE, keep_unranked=False)
+            # is_best saves carry the metric is_best=1: ties go to the newer step.
+            retention |= KeepBest(best, BEST_FLAG, "max", keep_unranked=False)
         if persist.KEEP_EVERY_STEPS:
             retention |= KeepEvery(steps=persist.KEEP_EVERY_STEPS)
         sync = None
@@ -161,8 +145,8 @@ class DataManager:
             max_pending=persist.MAX_PENDING_SAVES,
             restore_mode=persist.RESTORE_MODE,
             on_full=persist.ON_FULL,
-            best_metric="is_best",
-            best_mode="max",
+            best_metric=persist.BEST_METRIC,
+            best_mode=persist.BEST_MODE,
             mlflow=sync,
         )
 
@@ -208,7 +192,25 @@ class DataManager:
         step's :class:`SaveHandle` once staged, or None when nothing is due (or the step is
         already saved). ``is_final`` saves both, waiting first for saves in flight: a step
         saved moments ago without the buffer is written again with both. ``is_best`` saves
-        the checkpoint and marks it for best-K retention and ``best_step()``."""
+        the checkpoint and marks it best (kept by ``KEEP_BEST_CHECKPOINTS``, named by
+        ``best_step()``); ``metrics`` go into the step's manifest, and ``BEST_METRIC`` among
+        them ranks the step.
+
+        ``nn``: alphatriangle's ``NeuralNetwork`` (its ``.model``'s weights and its configs)
+        or any ``torch.nn.Module`` (its ``state_dict()``; the config dicts stay empty).
+        ``stats_collector_actor``: the ``StatsCollectorActor`` handle (its state is waited
+        for at most ``STATS_ACTOR_TIMEOUT_S``), a plain ``StatsCollector``, or None.
+        ``buffer``: an ``ExperienceBuffer``, or None for no buffer.
+
+        Raises TypeError naming the parameter a part does not fit (at every call, whether
+        or not anything is due), and a background failure of an earlier save."""
+        check_parts(
+            nn=nn,
+            optimizer=optimizer,
+            stats=stats_collector_actor,
+            buffer=buffer,
+            scheduler=scheduler,
+        )
         persist = self.persist_config
         now = self._clock()
         context = SaveContext(
@@ -238,10 +240,12 @@ class DataManager:
             replace = True
         items: dict[str, Any] = {}
         if checkpoint_due:
-            items[CHECKPOINT_ITEM] = self._checkpoint_tree(
+            items[CHECKPOINT_ITEM] = checkpoint_tree(
+                run_name=self.run_name,
                 nn=nn,
                 optimizer=optimizer,
                 stats_collector_actor=stats_collector_actor,
+                stats_timeout_s=persist.STATS_ACTOR_TIMEOUT_S,
                 scheduler=scheduler,
                 user_data=user_data,
                 global_step=global_step,
@@ -249,14 +253,14 @@ class DataManager:
                 total_simulations_run=total_simulations_run,
             )
         if buffer_due:
-            items[BUFFER_ITEM] = {
-                "format": _BUFFER_FORMAT,
-                "version": 1,
-                "buffer_state": buffer.state_dict(),
-            }
+            items[BUFFER_ITEM] = buffer_tree(buffer)
         step_metrics = dict(metrics or {})
         if is_best:
-            step_metrics["is_best"] = 1.0
+            step_metrics[BEST_FLAG] = 1.0
+        if checkpoint_due:
+            self._warn_unranked(global_step, step_metrics)
+        else:  # only a step holding the checkpoint may rank as the best checkpoint
+            step_metrics.pop(persist.BEST_METRIC, None)
         try:
             handle = self.manager.save(
                 global_step, items=items, metrics=step_metrics, force=True, replace=replace
@@ -268,52 +272,38 @@ class DataManager:
             self._last_checkpoint_step, self._last_checkpoint_time = global_step, now
         return handle
 
-    def _checkpoint_tree(
-        self,
-        *,
-        nn: Any,
-        optimizer: torch.optim.Optimizer,
-        stats_collector_actor: Any,
-        scheduler: Any,
-        user_data: Mapping[str, Any] | None,
-        global_step: int,
-        episodes_played: int,
-        total_simulations_run: int,
-    ) -> dict[str, Any]:
-        stats_state: dict[str, Any] = {}
-        if stats_collector_actor is not None:
-            from alphatriangle.stats import fetch_actor_state
-
-            fetched = fetch_actor_state(
-                stats_collector_actor, self.persist_config.STATS_ACTOR_TIMEOUT_S
-            )
-            stats_state = fetched or {}
-        return {
-            "format": _CHECKPOINT_FORMAT,
-            "version": 1,
-            "fields": {
-                "run_name": self.run_name,
-                "global_step": global_step,
-                "episodes_played": episodes_played,
-                "total_simulations_run": total_simulations_run,
-                "model_config_dict": _config_dict(nn.model_config),
-                "env_config_dict": _config_dict(nn.env_config),
-                "model_state_dict": nn.model.state_dict(),
-                "optimizer_state_dict": optimizer.state_dict(),
-                "stats_collector_state": stats_state,
-                "scheduler_state_dict": None if scheduler is None else scheduler.state_dict(),
-                "rng_state": capture_rng_state(),
-                "user_data": dict(user_data or {}),
-            },
-        }
+    def _warn_unranked(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Once: a checkpoint saved without ``BEST_METRIC`` is not ranked, so best-K
+        retention keeps no step on its account."""
+        persist = self.persist_config
+        if (
+            self._warned_best_metric
+            or not persist.KEEP_BEST_CHECKPOINTS
+            or persist.BEST_METRIC in metrics
+        ):
+            return
+        self._warned_best_metric = True
+        logger.warning(
+            "step %d is saved without the metric %r (PersistenceConfig.BEST_METRIC), so it "
+            "is not ranked: KEEP_BEST_CHECKPOINTS=%d keeps only steps that log it (pass "
+            "metrics={%r: ...} to save_training_state) or are saved with is_best=True",
+            step,
+            persist.BEST_METRIC,
+            persist.KEEP_BEST_CHECKPOINTS,
+            persist.BEST_METRIC,
+        )
 
     def save_run_config(self, configs: Mapping[str, Any]) -> Path:
         """Write the run's configuration as JSON (atomically: temporary file, fsync, rename,
-        fsync of the directory) and upload it to the MLflow run in the background."""
+        fsync of the directory) and upload it to the MLflow run in the background; returns
+        the file's path. Pydantic models are written as their fields
+        (``model_dump(mode="json")``), paths as strings. A value JSON cannot hold (a tensor,
+        an array, any other object) raises TypeError naming its key (``model.layers[2]``),
+        and nothing is written."""
+        data = run_config_json(configs)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / self.persist_config.CONFIG_FILENAME
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        data = json.dumps(configs, indent=2, sort_keys=True, default=str).encode()
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, data)
@@ -336,13 +326,26 @@ class DataManager:
             / self.persist_config.CHECKPOINT_SAVE_DIR_NAME
         )
 
-    def _item_path(self, item: str, run_name: str | None, step: int | None) -> Path:
+    def _reading(self, run_name: str | None) -> AbstractContextManager[CheckpointManager]:
+        """This run's manager, or a reader of another run ranking as this one does."""
+        if run_name is None or run_name == self.run_name:
+            return nullcontext(self.manager)
+        persist = self.persist_config
+        options = CheckpointManagerOptions(
+            read_only=True, best_metric=persist.BEST_METRIC, best_mode=persist.BEST_MODE
+        )
+        return CheckpointManager(self._checkpoint_dir_of(run_name), options)
+
+    def _step_path(self, run_name: str | None, step: int | None) -> Path:
         directory = self._checkpoint_dir_of(run_name)
-        if step is not None:
-            return directory / step_dir_name(step)
-        with CheckpointManager(directory, CheckpointManagerOptions(read_only=True)) as reader:
-            steps = [s for s in reversed(reader.all_steps()) if item in reader.metadata(s)["items"]]
-        return directory / step_dir_name(steps[0]) if steps else directory
+        return directory if step is None else directory / step_dir_name(step)
+
+    def best_step(self, run_name: str | None = None) -> int | None:
+        """The best committed step of ``run_name`` (this run when None): the newest saved
+        with ``is_best=True``, else the best by ``BEST_METRIC`` / ``BEST_MODE`` (NaN and
+        infinities rank nowhere); None when no step is flagged or ranked."""
+        with self._reading(run_name) as reader:
+            return best_step(reader)
 
     def get_checkpoint_path(
         self,
@@ -352,19 +355,45 @@ class DataManager:
         is_best: bool = False,
         is_final: bool = False,
     ) -> Path:
-        """The step directory holding the checkpoint: of ``step``; the best (``is_best``);
-        else the newest. The run's checkpoint directory when it has none."""
-        if is_best and step is None and (run_name is None or run_name == self.run_name):
-            step = self.manager.best_step()
-        return self._item_path(CHECKPOINT_ITEM, run_name, step)
+        """The step directory of a checkpoint of ``run_name`` (this run when None), chosen
+        as 1.0.0 chose its file, first rule that applies:
 
-    def get_buffer_path(self, run_name: str | None = None, step: int | None = None) -> Path:
-        """The step directory holding the buffer (of ``step``, else the newest)."""
-        return self._item_path(BUFFER_ITEM, run_name, step)
+        - ``is_latest``: the newest step holding a checkpoint (``step`` is not looked at:
+          1.0.0 returned ``latest.pkl`` then);
+        - ``is_best``: the best step (:meth:`best_step`; 1.0.0's ``best.pkl``);
+        - ``step``: that step's directory, whether or not it exists (the would-be path, as
+          1.0.0 returned the would-be file); with ``is_final`` the same directory, since a
+          final save is a step like any other (1.0.0: ``checkpoint_final_step_<N>.pkl``);
+        - otherwise (``is_final`` alone included, as in 1.0.0): the newest step holding a
+          checkpoint.
 
-    def find_latest_run_dir(self, current_run_name: str) -> Path | None:
-        """The newest other run (by the ``YYYYmmdd_HHMMSS`` timestamp in its name, as 1.0.0
-        did) that has checkpoints, ours or 1.0.0's; None when there is none."""
+        When no step fits (nothing saved yet, no best), the run's checkpoint directory, which
+        is no step: loading from it fails with an error naming it."""
+        if step is not None and not (is_latest or is_best):
+            return self._step_path(run_name, step)
+        with self._reading(run_name) as reader:
+            found = (
+                best_step(reader)
+                if is_best and not is_latest
+                else newest_holding(reader, CHECKPOINT_ITEM)
+            )
+        return self._step_path(run_name, found)
+
+    def get_buffer_path(
+        self, run_name: str | None = None, step: int | None = None, is_final: bool = False
+    ) -> Path:
+        """The step directory of ``step`` (the would-be path when it does not exist, as in
+        1.0.0; ``is_final`` names the same directory), else of the newest step holding the
+        buffer; the run's checkpoint directory when there is none."""
+        if step is not None:
+            return self._step_path(run_name, step)
+        with self._reading(run_name) as reader:
+            return self._step_path(run_name, newest_holding(reader, BUFFER_ITEM))
+
+    def find_latest_run_dir(self, current_run_name: str) -> str | None:
+        """The name of the newest other run (by the ``YYYYmmdd_HHMMSS`` timestamp in its
+        name, as 1.0.0 did) that has checkpoints, ours or 1.0.0's; None when there is none.
+        Its directory: ``persist_config.get_run_base_dir(name)``."""
         runs_root = self.persist_config.get_runs_root_dir()
         if not runs_root.is_dir():
             return None
@@ -374,20 +403,36 @@ class DataManager:
             if not match or run_dir.name == current_run_name or not run_dir.is_dir():
                 continue
             checkpoints = run_dir / self.persist_config.CHECKPOINT_SAVE_DIR_NAME
-            if _has_steps(checkpoints) or legacy_checkpoint_files(checkpoints, self.persist_config):
-                candidates.append((match.group(1), run_dir.name, run_dir))
-        return max(candidates)[2] if candidates else None
+            if has_steps(checkpoints) or legacy_checkpoint_files(checkpoints, self.persist_config):
+                candidates.append((match.group(1), run_dir.name))
+        return max(candidates)[1] if candidates else None
 
     # -- loading --------------------------------------------------------------------------
 
     def load_initial_state(self) -> LoadedTrainingState:
-        """What to resume from, by the rules in the module docstring."""
+        """What to resume from: the first rule that applies.
+
+        1. ``TrainConfig.LOAD_CHECKPOINT_PATH`` (and ``LOAD_BUFFER_PATH``): a step directory
+           of ours, or a 1.0.0 ``.pkl`` file; a checkpoint's step directory also gives its
+           buffer when it holds one.
+        2. This run's newest committed step ("resuming run X from step N").
+        3. When this run has no local step and its MLflow run holds complete steps (a new
+           machine): the newest of them, fetched and verified.
+        4. With ``AUTO_RESUME_LATEST``: the newest previous run with checkpoints (by the
+           ``YYYYmmdd_HHMMSS`` timestamp in its name, as 1.0.0 did), ours or 1.0.0's.
+        5. A fresh start (an empty :class:`LoadedTrainingState`), logged.
+
+        The checkpoint and the buffer each come from the newest step holding them. A
+        corrupt or truncated step or file is skipped for the newest intact one, with an
+        error-level log naming it; when every checkpoint of the run is unreadable,
+        :class:`CheckpointCorruptError` names them: never a silent fresh start. Nothing is
+        applied here: :meth:`apply_loaded_state` puts the state into the live objects."""
         train = self.train_config
         if train.LOAD_CHECKPOINT_PATH or train.LOAD_BUFFER_PATH:
             return self._load_explicit()
         if self.manager.all_steps():
-            state = _read_run(self.manager)
-            logger.info("resuming run %s from step %s", self.run_name, _step_of(state))
+            state = read_run(self.manager)
+            logger.info("resuming run %s from step %s", self.run_name, step_of(state))
             return state
         if self.manager.options.mlflow is not None:
             fetched = self._load_remote()
@@ -396,11 +441,13 @@ class DataManager:
         if train.AUTO_RESUME_LATEST:
             previous = self.find_latest_run_dir(self.run_name)
             if previous is not None:
-                state = self._load_run_dir(previous)
+                state = read_run_dir(
+                    self.persist_config.get_run_base_dir(previous), self.persist_config
+                )
                 logger.info(
                     "resuming from run %s, step %s, into run %s",
-                    previous.name,
-                    _step_of(state),
+                    previous,
+                    step_of(state),
                     self.run_name,
                 )
                 return state
@@ -421,34 +468,17 @@ class DataManager:
             return None
         step = self.manager.fetch()
         logger.info("resuming run %s from step %d, fetched from MLflow", self.run_name, step)
-        return _read_run(self.manager)
-
-    def _load_run_dir(self, run_dir: Path) -> LoadedTrainingState:
-        checkpoints = run_dir / self.persist_config.CHECKPOINT_SAVE_DIR_NAME
-        if _has_steps(checkpoints):
-            with CheckpointManager(checkpoints, CheckpointManagerOptions(read_only=True)) as reader:
-                return _read_run(reader)
-        checkpoint, _ = load_legacy_checkpoint_dir(checkpoints, self.persist_config)
-        buffer_file = (
-            run_dir / self.persist_config.BUFFER_SAVE_DIR_NAME / self.persist_config.BUFFER_FILENAME
-        )
-        buffer = None
-        if buffer_file.is_file():
-            try:
-                buffer = load_legacy_buffer(buffer_file)
-            except CheckpointCorruptError as exc:
-                logger.error("skipping the unreadable 1.0.0 buffer %s: %s", buffer_file, exc)
-        return LoadedTrainingState(checkpoint_data=checkpoint, buffer_data=buffer)
+        return read_run(self.manager)
 
     def _load_explicit(self) -> LoadedTrainingState:
         train = self.train_config
         checkpoint = buffer = None
         if train.LOAD_CHECKPOINT_PATH:
-            checkpoint, step_dir = _load_path(Path(train.LOAD_CHECKPOINT_PATH), CHECKPOINT_ITEM)
+            checkpoint, step_dir = load_path(Path(train.LOAD_CHECKPOINT_PATH), CHECKPOINT_ITEM)
             if not train.LOAD_BUFFER_PATH and step_dir is not None:
-                buffer = _optional_buffer(step_dir)
+                buffer = optional_buffer(step_dir)
         if train.LOAD_BUFFER_PATH:
-            buffer, _ = _load_path(Path(train.LOAD_BUFFER_PATH), BUFFER_ITEM)
+            buffer, _ = load_path(Path(train.LOAD_BUFFER_PATH), BUFFER_ITEM)
         logger.info("loading the explicit checkpoint %s", train.LOAD_CHECKPOINT_PATH)
         return LoadedTrainingState(checkpoint_data=checkpoint, buffer_data=buffer)
 
@@ -464,24 +494,22 @@ class DataManager:
         stats_collector_actor: Any = None,
         scheduler: Any = None,
     ) -> tuple[int, int, int]:
-        """Put a loaded state back into the live objects: weights, optimizer, scheduler, RNG
-        states, buffer (columns and priorities; or 1.0.0's experience list), stats actor.
-        Returns (global_step, episodes_played, total_simulations_run), zeros when fresh."""
+        """Put a loaded state back into the live objects: weights (into a ``NeuralNetwork``
+        or a ``torch.nn.Module``), optimizer, scheduler, RNG states, buffer (columns and
+        priorities; or 1.0.0's experience list), stats (a ``StatsCollectorActor`` handle or
+        a plain ``StatsCollector``). Returns (global_step, episodes_played,
+        total_simulations_run), zeros when fresh."""
         data = state.checkpoint_data
         counters = (0, 0, 0)
         if data is not None:
-            nn.set_weights(data.model_state_dict)
+            load_network_weights(nn, data.model_state_dict)
             optimizer.load_state_dict(data.optimizer_state_dict)
             if scheduler is not None and data.scheduler_state_dict is not None:
                 scheduler.load_state_dict(data.scheduler_state_dict)
             if data.rng_state is not None:
                 restore_rng_state(data.rng_state)
             if stats_collector_actor is not None and data.stats_collector_state:
-                import ray
-
-                ray.get(
-                    stats_collector_actor.set_state.remote(data.stats_collector_state), timeout=60
-                )
+                put_stats_state(stats_collector_actor, data.stats_collector_state)
             counters = (data.global_step, data.episodes_played, data.total_simulations_run)
         if buffer is not None and state.buffer_data is not None:
             if state.buffer_data.buffer_state is not None:
@@ -489,68 +517,3 @@ class DataManager:
             elif state.buffer_data.buffer_list:
                 buffer.add_batch(state.buffer_data.buffer_list)
         return counters
-
-
-def _has_steps(directory: Path) -> bool:
-    return bool(scan_steps(directory).steps)
-
-
-def _step_of(state: LoadedTrainingState) -> int | None:
-    return None if state.checkpoint_data is None else state.checkpoint_data.global_step
-
-
-def _checkpoint_from_tree(tree: Mapping[str, Any], where: Path) -> CheckpointData:
-    if tree.get("format") != _CHECKPOINT_FORMAT or tree.get("version") != 1:
-        raise CheckpointCorruptError(f"{where} holds no alphatriangle checkpoint", path=where)
-    return CheckpointData.model_validate(tree["fields"])
-
-
-def _buffer_from_tree(tree: Mapping[str, Any], where: Path) -> BufferData:
-    if tree.get("format") != _BUFFER_FORMAT or tree.get("version") != 1:
-        raise CheckpointCorruptError(f"{where} holds no alphatriangle buffer", path=where)
-    return BufferData(buffer_state=tree["buffer_state"])
-
-
-def _read_run(manager: CheckpointManager) -> LoadedTrainingState:
-    """The newest intact checkpoint and buffer of a run (each from the newest step holding
-    it; a corrupt step is skipped loudly; all corrupt: raises)."""
-    checkpoint = buffer = None
-    try:
-        tree = manager.restore(item=CHECKPOINT_ITEM, fallback=True)
-        checkpoint = _checkpoint_from_tree(tree, manager.directory)
-    except CheckpointNotFoundError:
-        pass
-    try:
-        tree = manager.restore(item=BUFFER_ITEM, fallback=True)
-        buffer = _buffer_from_tree(tree, manager.directory)
-    except CheckpointNotFoundError:
-        pass
-    return LoadedTrainingState(checkpoint_data=checkpoint, buffer_data=buffer)
-
-
-def _load_path(path: Path, item: str) -> tuple[Any, Path | None]:
-    """An explicit load path: a step directory of ours, or a 1.0.0 ``.pkl``."""
-    if path.is_file():
-        if item == CHECKPOINT_ITEM:
-            return load_legacy_checkpoint(path), None
-        return load_legacy_buffer(path), None
-    step = step_from_dir_name(path.name)
-    if step is None or not (path / MANIFEST_NAME).is_file():
-        raise CheckpointNotFoundError(
-            f"{path} is neither a step directory (step_<N>/ with a manifest) nor a 1.0.0 .pkl file",
-            path=path,
-        )
-    with CheckpointManager(path.parent, CheckpointManagerOptions(read_only=True)) as reader:
-        tree = reader.restore(step, item=item)
-    if item == CHECKPOINT_ITEM:
-        return _checkpoint_from_tree(tree, path), path
-    return _buffer_from_tree(tree, path), path
-
-
-def _optional_buffer(step_dir: Path) -> BufferData | None:
-    with CheckpointManager(step_dir.parent, CheckpointManagerOptions(read_only=True)) as reader:
-        step = step_from_dir_name(step_dir.name)
-        assert step is not None
-        if BUFFER_ITEM not in reader.metadata(step)["items"]:
-            return None
-        return _buffer_from_tree(reader.restore(step, item=BUFFER_ITEM), step_dir)

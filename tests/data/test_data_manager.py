@@ -4,6 +4,7 @@ rule, 1.0.0 runs, corruption, and a bit-exact resume of a training loop."""
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,6 @@ LEGACY_RUN = (
     Path(__file__).resolve().parents[1]
     / "fixtures/legacy-alphatriangle-1.0.0/runs/train_20250410_093000"
 )
-MODEL = ModelConfig(
-    CONV_FILTERS=[4], CONV_KERNEL_SIZES=[3], FC_DIMS_SHARED=[16], VALUE_HEAD_DIMS=[8]
-)
 
 
 def _persist(root: Path, **fields: Any) -> PersistenceConfig:
@@ -43,22 +41,38 @@ def _train(run: str = "train_20260101_000000", **fields: Any) -> TrainConfig:
     return TrainConfig(RUN_NAME=run, **{**defaults, **fields})
 
 
+class _Net(torch.nn.Module):
+    """A small policy/value network: what a user of the DataManager may pass as ``nn``."""
+
+    def __init__(self, grid_shape: tuple[int, ...], other_dim: int, action_dim: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(math.prod(grid_shape) + other_dim, 32)
+        self.policy = torch.nn.Linear(32, action_dim)
+        self.value = torch.nn.Linear(32, 1)
+
+    def forward(self, grid: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.relu(self.body(torch.cat([grid.flatten(1), other], 1)))
+        return self.policy(hidden), self.value(hidden).squeeze(1)
+
+
 class _Parts:
     """A network, its optimizer and a replay buffer, seeded."""
 
-    def __init__(self, train: TrainConfig, seed: int = 0) -> None:
+    def __init__(self, train: TrainConfig, seed: int = 0, channels: int = 1) -> None:
         torch.manual_seed(seed)
-        self.nn = NeuralNetwork(MODEL, EnvConfig(), train, torch.device("cpu"))
-        self.optimizer = torch.optim.Adam(self.nn.model.parameters(), lr=1e-3)
-        self.buffer = ExperienceBuffer(train, EnvConfig(), MODEL, seed=seed)
+        model = ModelConfig(GRID_INPUT_CHANNELS=channels)
+        self.buffer = ExperienceBuffer(train, EnvConfig(), model, seed=seed)
+        self.nn = _Net(self.buffer.grid_shape, self.buffer.other_dim, self.buffer.action_dim)
+        self.optimizer = torch.optim.Adam(self.nn.parameters(), lr=1e-3)
 
     def fill(self, count: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        policy = rng.random((count, 360), dtype=np.float32)
-        self.buffer.add_batch(
+        buffer = self.buffer
+        policy = rng.random((count, buffer.action_dim), dtype=np.float32)
+        buffer.add_batch(
             ColumnarBatch(
-                grid=rng.random((count, 2, 8, 15), dtype=np.float32),
-                other_features=rng.random((count, 30), dtype=np.float32),
+                grid=rng.random((count, *buffer.grid_shape), dtype=np.float32),
+                other_features=rng.random((count, buffer.other_dim), dtype=np.float32),
                 policy_target=policy / policy.sum(axis=1, keepdims=True),
                 value_target=rng.standard_normal(count),
             )
@@ -68,7 +82,7 @@ class _Parts:
         sample = self.buffer.sample(8, current_train_step=step)
         assert sample is not None
         batch = sample["batch"]
-        logits, value = self.nn.model(
+        logits, value = self.nn(
             torch.from_numpy(batch["grid"]), torch.from_numpy(batch["other_features"])
         )
         target = torch.from_numpy(batch["policy_target"])
@@ -111,7 +125,7 @@ def test_save_returns_once_staged_and_resume_restores_everything(tmp_path: Path)
         )
     assert counters == (10, 20, 100)
     assert loaded.checkpoint_data is not None and loaded.checkpoint_data.user_data == {"note": "x"}
-    assert_tree_equal(again.nn.get_weights(), parts.nn.get_weights())
+    assert_tree_equal(again.nn.state_dict(), parts.nn.state_dict())
     assert_tree_equal(again.optimizer.state_dict(), parts.optimizer.state_dict())
     assert_tree_equal(
         {k: v for k, v in again.buffer.state_dict().items() if k != "rng"},
@@ -173,7 +187,7 @@ def test_a_1_0_0_run_resumes_and_continues_in_the_new_format(tmp_path: Path) -> 
         assert loaded.checkpoint_data is not None
         assert loaded.checkpoint_data.global_step == 2500
         assert loaded.buffer_data is not None and len(loaded.buffer_data.buffer_list) == 200
-        parts = _Parts(train)
+        parts = _Parts(train, channels=2)  # the imitation's grids have 2 channels
         DataManager.apply_loaded_state(
             LoadedTrainingState(buffer_data=loaded.buffer_data),
             parts.nn,
@@ -241,12 +255,12 @@ def test_resume_is_bit_exact(tmp_path: Path) -> None:
         )
     losses += run(second, range(5, 10))
     assert losses == expected
-    assert_tree_equal(second.nn.get_weights(), unbroken.nn.get_weights())
+    assert_tree_equal(second.nn.state_dict(), unbroken.nn.state_dict())
 
 
 def test_run_config_is_written_atomically(tmp_path: Path) -> None:
     with DataManager(_persist(tmp_path), _train()) as dm:
-        path = dm.save_run_config({"seed": 7, "model": MODEL.model_dump()})
+        path = dm.save_run_config({"seed": 7, "model": ModelConfig().model_dump()})
     assert path.name == "configs.json" and '"seed": 7' in path.read_text()
     assert not list(path.parent.glob(".*.tmp"))
 
@@ -292,7 +306,7 @@ def test_a_new_machine_resumes_from_the_mlflow_run(tmp_path: Path) -> None:
     with DataManager(elsewhere, train) as dm:
         loaded = dm.load_initial_state()
     assert loaded.checkpoint_data is not None and loaded.checkpoint_data.global_step == 5
-    assert_tree_equal(loaded.checkpoint_data.model_state_dict, dict(parts.nn.model.state_dict()))
+    assert_tree_equal(loaded.checkpoint_data.model_state_dict, dict(parts.nn.state_dict()))
     assert loaded.buffer_data is not None and loaded.buffer_data.buffer_state is not None
 
 
@@ -327,3 +341,207 @@ def test_a_final_save_completes_a_step_just_saved_without_the_buffer(tmp_path: P
         loaded = dm.load_initial_state()
     assert loaded.buffer_data is not None and loaded.buffer_data.buffer_state is not None
     assert len(loaded.buffer_data.buffer_state["columns"]["grid"]) == 23
+
+
+# -- the best checkpoint --------------------------------------------------------------------
+
+
+def test_the_best_checkpoint_survives_retention(tmp_path: Path, caplog: Any) -> None:
+    train = _train(CHECKPOINT_SAVE_FREQ_STEPS=5)
+    persist = _persist(
+        tmp_path,
+        SAVE_BUFFER=False,
+        KEEP_LATEST_CHECKPOINTS=2,
+        KEEP_BEST_CHECKPOINTS=1,
+        BEST_METRIC="loss",
+        BEST_MODE="min",
+    )
+    parts = _Parts(train)
+    with DataManager(persist, train) as dm:
+        for step, loss in zip((5, 10, 15, 20, 25), (0.01, 0.5, 0.6, 0.7, 0.8), strict=True):
+            _save(dm, parts, step, metrics={"loss": loss})
+        dm.wait_until_finished()
+        assert dm.manager.all_steps() == [5, 20, 25]  # the best, and the 2 newest
+        assert dm.best_step() == 5
+        assert dm.get_checkpoint_path(is_best=True).name == "step_000000005"
+        # 1.0.0's flag: a step saved with is_best=True is the best, and kept.
+        _save(dm, parts, 30, is_best=True, metrics={"loss": 0.9})
+        for step in (35, 40):
+            _save(dm, parts, step, metrics={"loss": 0.95})
+        dm.wait_until_finished()
+        assert dm.manager.all_steps() == [5, 30, 35, 40]
+        assert dm.best_step() == 30
+        assert dm.get_checkpoint_path(is_best=True).name == "step_000000030"
+    assert "without the metric" not in caplog.text
+    # Another run's best, read from its directory.
+    with DataManager(persist, _train("train_20260102_000000")) as other:
+        assert other.best_step(train.RUN_NAME) == 30
+        path = other.get_checkpoint_path(run_name=train.RUN_NAME, is_best=True)
+        assert path == dm.checkpoint_dir / "step_000000030"
+
+
+def test_a_best_metric_no_save_logs_warns_once(tmp_path: Path, caplog: Any) -> None:
+    train = _train(CHECKPOINT_SAVE_FREQ_STEPS=5)
+    persist = _persist(tmp_path, SAVE_BUFFER=False, BEST_METRIC="val_loss")
+    parts = _Parts(train)
+    with DataManager(persist, train) as dm:
+        for step in (5, 10, 15):
+            _save(dm, parts, step, metrics={"loss": 0.5})
+        dm.wait_until_finished()
+        assert dm.best_step() is None
+        assert dm.get_checkpoint_path(is_best=True) == dm.checkpoint_dir  # no best: no step
+    warnings = [r for r in caplog.records if "without the metric 'val_loss'" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "step 5" in warnings[0].getMessage()
+
+
+def test_a_buffer_only_step_is_never_the_best_checkpoint(tmp_path: Path) -> None:
+    train = _train(CHECKPOINT_SAVE_FREQ_STEPS=10)
+    persist = _persist(tmp_path, BUFFER_SAVE_FREQ_STEPS=5, KEEP_LATEST_CHECKPOINTS=1)
+    parts = _Parts(train)
+    parts.fill(10, seed=1)
+    with DataManager(persist, train) as dm:
+        _save(dm, parts, 10, metrics={"loss": 0.5})  # checkpoint and buffer
+        _save(dm, parts, 15, metrics={"loss": 0.1})  # the buffer alone: not ranked
+        dm.wait_until_finished()
+        assert "loss" not in dm.manager.metadata(15)["metrics"]
+        _save(dm, parts, 20, metrics={"loss": 0.9})
+        dm.wait_until_finished()
+        assert dm.best_step() == 10 and dm.manager.all_steps() == [10, 20]
+
+
+# -- 1.0.0's interface ----------------------------------------------------------------------
+
+
+def test_paths_and_previous_runs_as_1_0_0_named_them(tmp_path: Path) -> None:
+    first = _train("train_20260101_000000", CHECKPOINT_SAVE_FREQ_STEPS=5)
+    persist = _persist(tmp_path, BUFFER_SAVE_FREQ_STEPS=10, KEEP_LATEST_CHECKPOINTS=5)
+    parts = _Parts(first)
+    parts.fill(10, seed=2)
+    with DataManager(persist, first) as dm:
+        for step in (5, 10, 15):
+            _save(dm, parts, step)
+        dm.wait_until_finished()
+        directory = dm.checkpoint_dir
+        assert dm.get_checkpoint_path() == directory / "step_000000015"
+        assert dm.get_checkpoint_path(step=10) == directory / "step_000000010"
+        # A step that does not exist: the would-be path, as 1.0.0 returned its file's.
+        assert dm.get_checkpoint_path(step=999) == directory / "step_000000999"
+        assert not dm.get_checkpoint_path(step=999).exists()
+        assert dm.get_buffer_path(step=999) == directory / "step_000000999"
+        # is_latest wins over step (1.0.0 returned latest.pkl); is_final names the step
+        # with one, the newest without.
+        assert dm.get_checkpoint_path(step=5, is_latest=True) == directory / "step_000000015"
+        assert dm.get_checkpoint_path(step=5, is_final=True) == directory / "step_000000005"
+        assert dm.get_checkpoint_path(is_final=True) == directory / "step_000000015"
+        assert dm.get_buffer_path() == directory / "step_000000010"
+        assert dm.get_buffer_path(step=5, is_final=True) == directory / "step_000000005"
+    later = _train("train_20260102_000000")
+    with DataManager(persist, later) as dm:
+        found = dm.find_latest_run_dir(later.RUN_NAME)
+        assert found == "train_20260101_000000" and isinstance(found, str)
+        assert dm.find_latest_run_dir("train_20260101_000000") is None  # no other with steps
+        assert dm.get_checkpoint_path(run_name=found) == directory / "step_000000015"
+        assert dm.get_checkpoint_path() == dm.checkpoint_dir  # nothing saved in this run
+
+
+def test_buffer_list_gives_the_experiences_lazily(tmp_path: Path) -> None:
+    from alphatriangle.data.schemas import LazyExperienceList
+
+    train = _train()
+    parts = _Parts(train)
+    parts.fill(70, seed=5)  # more than the capacity of 64: the ring has wrapped
+    with DataManager(_persist(tmp_path), train) as dm:
+        _save(dm, parts, 5, is_final=True)
+    with DataManager(_persist(tmp_path), train) as dm:
+        loaded = dm.load_initial_state()
+    assert loaded.buffer_data is not None
+    experiences = loaded.buffer_data.buffer_list
+    assert isinstance(experiences, LazyExperienceList)
+    again = _Parts(train, seed=3)
+    DataManager.apply_loaded_state(loaded, again.nn, again.optimizer, buffer=again.buffer)
+    assert list.__len__(experiences) == 0  # apply_loaded_state read the columns alone
+    expected = parts.buffer.to_experiences()
+    assert len(experiences) == 64 and len(expected) == 64
+    for (state, policy, value), (want_state, want_policy, want_value) in zip(
+        experiences, expected, strict=True
+    ):
+        assert value == want_value and policy == want_policy
+        assert np.array_equal(state["grid"], want_state["grid"])
+        assert np.array_equal(state["other_features"], want_state["other_features"])
+    assert experiences[0] is experiences[0]  # converted once, then kept
+    joined = [] + experiences  # noqa: RUF005 - list.__add__ with the lazy list on the right
+    assert len(joined) == 64 and joined[-1] is experiences[-1]
+    restored = ExperienceBuffer(train, EnvConfig(), ModelConfig(), seed=0)
+    restored.add_batch(experiences)  # 1.0.0 code's way of refilling its buffer
+    assert [v for _, _, v in restored.to_experiences()] == [v for _, _, v in expected]
+
+
+def test_save_run_config_writes_json_or_refuses(tmp_path: Path) -> None:
+    import json
+
+    with DataManager(_persist(tmp_path), _train()) as dm:
+        path = dm.save_run_config(
+            {"model": ModelConfig(), "root": tmp_path / "data", "seed": 7, "tags": ("a", "b")}
+        )
+        written = json.loads(path.read_text())
+        assert written["model"] == ModelConfig().model_dump(mode="json")
+        assert written["root"] == str(tmp_path / "data") and written["tags"] == ["a", "b"]
+        before = path.read_bytes()
+        for bad, key in (
+            ({"model": {"weights": torch.ones(2)}}, "model.weights"),
+            ({"buffer": [1, np.zeros(3)]}, "buffer[1]"),
+            ({"hook": object()}, "hook"),
+        ):
+            with pytest.raises(TypeError, match=key.replace("[", r"\[").replace("]", r"\]")):
+                dm.save_run_config(bad)
+        with pytest.raises(ValueError, match="loss"):
+            dm.save_run_config({"loss": float("nan")})
+        assert path.read_bytes() == before  # nothing written by a refused call
+
+
+def test_save_training_state_takes_modules_plain_stats_and_networks(tmp_path: Path) -> None:
+    from alphatriangle.stats import StatsCollector
+
+    train = _train(CHECKPOINT_SAVE_FREQ_STEPS=5)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = StatsCollector()
+    for step in range(5):
+        stats.log("loss", 1.0 / (step + 1), step)
+    persist = _persist(tmp_path, SAVE_BUFFER=False)
+    with DataManager(persist, train) as dm:
+        with pytest.raises(TypeError, match="nn is a str"):  # step 7: nothing is due
+            dm.save_training_state("a string", optimizer, None, None, 7, 0, 0)
+        with pytest.raises(TypeError, match="stats_collector_actor is a object"):
+            dm.save_training_state(model, optimizer, object(), None, 7, 0, 0)
+        with pytest.raises(TypeError, match="buffer"):
+            dm.save_training_state(model, optimizer, None, [1, 2], 7, 0, 0)
+        handle = dm.save_training_state(model, optimizer, stats, None, 5, 1, 2)
+        assert handle is not None
+        handle.result(timeout=60)
+    with DataManager(persist, train) as dm:
+        loaded = dm.load_initial_state()
+    assert loaded.checkpoint_data is not None
+    assert loaded.checkpoint_data.model_config_dict == {}
+    again, again_stats = torch.nn.Linear(4, 3), StatsCollector()
+    counters = DataManager.apply_loaded_state(
+        loaded,
+        again,
+        torch.optim.SGD(again.parameters(), lr=0.1),
+        stats_collector_actor=again_stats,
+    )
+    assert counters == (5, 1, 2)
+    assert_tree_equal(again.state_dict(), model.state_dict())
+    assert again_stats.get_metric_data() == stats.get_metric_data()
+    # 1.0.0's NeuralNetwork: its .model's weights and its configs.
+    network = NeuralNetwork(ModelConfig(), EnvConfig(), train, torch.device("cpu"))
+    adam = torch.optim.Adam(network.model.parameters())
+    with DataManager(_persist(tmp_path / "network", SAVE_BUFFER=False), train) as dm:
+        handle = dm.save_training_state(network, adam, None, None, 5, 0, 0)
+        assert handle is not None
+        handle.result(timeout=60)
+        data = dm.load_initial_state().checkpoint_data
+    assert data is not None
+    assert data.model_config_dict["CONV_FILTERS"] == ModelConfig().CONV_FILTERS
+    assert data.env_config_dict and set(data.model_state_dict) == set(network.model.state_dict())

@@ -1,0 +1,154 @@
+"""Reading a run's committed steps for the DataManager: which step holds an item, which is
+the best, the newest intact checkpoint and buffer of a run (ours or one 1.0.0 wrote), and an
+explicit load path.
+
+Guarantee: a corrupt or truncated step or file is skipped for the newest intact one with an
+error-level log naming it; a run whose checkpoints are all unreadable raises, naming them.
+Cost: listing reads each step's manifest (small JSON); reading maps or copies the item's data
+file and verifies its checksums (the engine's restore).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alphatriangle.config import PersistenceConfig
+from alphatriangle.data.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointManager,
+    CheckpointManagerOptions,
+    CheckpointNotFoundError,
+    step_from_dir_name,
+)
+from alphatriangle.data.legacy import (
+    load_legacy_buffer,
+    load_legacy_checkpoint,
+    load_legacy_checkpoint_dir,
+)
+from alphatriangle.data.schemas import BufferData, LoadedTrainingState
+from alphatriangle.data.state_trees import (
+    BUFFER_ITEM,
+    CHECKPOINT_ITEM,
+    buffer_from_tree,
+    checkpoint_from_tree,
+)
+
+__all__ = [
+    "BEST_FLAG",
+    "best_step",
+    "has_steps",
+    "load_path",
+    "newest_holding",
+    "optional_buffer",
+    "read_run",
+    "read_run_dir",
+    "step_of",
+]
+
+logger = logging.getLogger(__name__)
+
+BEST_FLAG = "is_best"  # the metric an is_best=True save carries (1.0.0's flag)
+
+
+def committed_steps(directory: Path) -> list[int]:
+    with CheckpointManager(directory, CheckpointManagerOptions(read_only=True)) as reader:
+        return reader.all_steps()
+
+
+def has_steps(directory: Path) -> bool:
+    return bool(committed_steps(directory))
+
+
+def manifests(reader: CheckpointManager) -> list[tuple[int, dict[str, Any]]]:
+    """(step, manifest) of each committed step, ascending; a step deleted or unreadable
+    meanwhile is left out (restoring it says what is wrong)."""
+    found = []
+    for step in reader.all_steps():
+        try:
+            found.append((step, reader.metadata(step)))
+        except CheckpointError:
+            continue
+    return found
+
+
+def newest_holding(reader: CheckpointManager, item: str) -> int | None:
+    holding = [step for step, manifest in manifests(reader) if item in manifest["items"]]
+    return holding[-1] if holding else None
+
+
+def best_step(reader: CheckpointManager) -> int | None:
+    """The newest step flagged ``is_best``, else the best ranked by the reader's
+    ``best_metric``."""
+    flagged = [
+        step for step, manifest in manifests(reader) if manifest["metrics"].get(BEST_FLAG) == 1.0
+    ]
+    return flagged[-1] if flagged else reader.best_step()
+
+
+def step_of(state: LoadedTrainingState) -> int | None:
+    return None if state.checkpoint_data is None else state.checkpoint_data.global_step
+
+
+def read_run(manager: CheckpointManager) -> LoadedTrainingState:
+    """The newest intact checkpoint and buffer of a run (each from the newest step holding
+    it; a corrupt step is skipped loudly; all corrupt: raises)."""
+    checkpoint = buffer = None
+    try:
+        tree = manager.restore(item=CHECKPOINT_ITEM, fallback=True)
+        checkpoint = checkpoint_from_tree(tree, manager.directory)
+    except CheckpointNotFoundError:
+        pass
+    try:
+        tree = manager.restore(item=BUFFER_ITEM, fallback=True)
+        buffer = buffer_from_tree(tree, manager.directory)
+    except CheckpointNotFoundError:
+        pass
+    return LoadedTrainingState(checkpoint_data=checkpoint, buffer_data=buffer)
+
+
+def load_path(path: Path, item: str) -> tuple[Any, Path | None]:
+    """An explicit load path: a step directory of ours, or a 1.0.0 ``.pkl``."""
+    if path.is_file():
+        if item == CHECKPOINT_ITEM:
+            return load_legacy_checkpoint(path), None
+        return load_legacy_buffer(path), None
+    step = step_from_dir_name(path.name)
+    if step is None or step not in committed_steps(path.parent):
+        raise CheckpointNotFoundError(
+            f"{path} is neither a step directory (step_<N>/ with a manifest) nor a 1.0.0 .pkl file",
+            path=path,
+        )
+    with CheckpointManager(path.parent, CheckpointManagerOptions(read_only=True)) as reader:
+        tree = reader.restore(step, item=item)
+    if item == CHECKPOINT_ITEM:
+        return checkpoint_from_tree(tree, path), path
+    return buffer_from_tree(tree, path), path
+
+
+def optional_buffer(step_dir: Path) -> BufferData | None:
+    with CheckpointManager(step_dir.parent, CheckpointManagerOptions(read_only=True)) as reader:
+        step = step_from_dir_name(step_dir.name)
+        assert step is not None
+        if BUFFER_ITEM not in reader.metadata(step)["items"]:
+            return None
+        return buffer_from_tree(reader.restore(step, item=BUFFER_ITEM), step_dir)
+
+
+def read_run_dir(run_dir: Path, persist: PersistenceConfig) -> LoadedTrainingState:
+    """The newest intact checkpoint and buffer of another run: ours, or one 1.0.0 wrote."""
+    checkpoints = run_dir / persist.CHECKPOINT_SAVE_DIR_NAME
+    if has_steps(checkpoints):
+        with CheckpointManager(checkpoints, CheckpointManagerOptions(read_only=True)) as reader:
+            return read_run(reader)
+    checkpoint, _ = load_legacy_checkpoint_dir(checkpoints, persist)
+    buffer_file = run_dir / persist.BUFFER_SAVE_DIR_NAME / persist.BUFFER_FILENAME
+    buffer = None
+    if buffer_file.is_file():
+        try:
+            buffer = load_legacy_buffer(buffer_file)
+        except CheckpointCorruptError as exc:
+            logger.error("skipping the unreadable 1.0.0 buffer %s: %s", buffer_file, exc)
+    return LoadedTrainingState(checkpoint_data=checkpoint, buffer_data=buffer)
