@@ -62,7 +62,6 @@ _PART_FIELDS = (
     ("policy_head.", "ModelConfig.POLICY_HEAD_DIMS, EnvConfig.ACTION_DIM"),
     ("value_head.", "ModelConfig.VALUE_HEAD_DIMS, NUM_VALUE_ATOMS"),
 )
-_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _fields_of(config: BaseModel) -> dict[str, Any]:
@@ -73,10 +72,12 @@ def _build(cls: type[BaseModel], values: Mapping[str, Any], what: str) -> Any:
     try:
         return cls.model_validate(dict(values))
     except ValidationError as exc:
-        fields = sorted({".".join(str(p) for p in error["loc"]) or "?" for error in exc.errors()})
-        raise ValueError(
-            f"{what} cannot build a {cls.__name__} (field {', '.join(fields)}): {exc}"
-        ) from exc
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            field = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{field}: {message}" if field else message)
+        raise ValueError(f"{what} cannot build a {cls.__name__}: {'; '.join(problems)}") from exc
 
 
 def optimizer_type_of(state: Mapping[str, Any]) -> str | None:
@@ -139,31 +140,41 @@ def configs_of_checkpoint(
 
 def check_weights_fit(network: Any, state_dict: Mapping[str, Any], where: str) -> None:
     """ValueError when ``state_dict`` does not fit ``network.model`` key for key and shape
-    for shape, naming each part that differs and the config fields that shape it."""
+    for shape: how many tensors differ, the config fields that shape the parts they are in
+    (the first difference's first), and the first few differences, in the network's order."""
     expected = {k: tuple(v.shape) for k, v in network.model.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    problems = []
-    for key in sorted(set(expected) | set(saved)):
+    keys = [*expected, *(k for k in saved if k not in expected)]
+    problems: list[str] = []
+    fields: list[str] = []
+    for key in keys:
         if expected.get(key) == saved.get(key):
             continue
         if key not in saved:
-            what = f"{key} {expected[key]} is missing from the checkpoint"
+            problems.append(f"{key} {expected[key]} is missing from the checkpoint")
         elif key not in expected:
-            what = f"{key} {saved[key]} is in the checkpoint, not in the network"
+            problems.append(f"{key} {saved[key]} is in the checkpoint, not in the network")
         else:
-            what = f"{key} is {saved[key]} in the checkpoint, {expected[key]} in the network"
-        problems.append(f"{what} ({_fields_for(key, key in saved and key in expected)})")
-    if problems:
-        shown = "; ".join(problems[:6])
-        more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
-        raise ValueError(
-            f"{where}: its weights do not fit the network its configs describe: {shown}{more}"
-        )
+            problems.append(f"{key} is {saved[key]} in the checkpoint, {expected[key]} here")
+        part = _fields_for(key)
+        if part not in fields:
+            fields.append(part)
+    if not problems:
+        return
+    if _has_norms(saved) != _has_norms(expected):  # batch norm on one side only: that first
+        fields.insert(0, "ModelConfig.USE_BATCH_NORM")
+    raise ValueError(
+        f"{where}: its weights do not fit the network its configs describe "
+        f"({len(problems)} tensors differ); see {'; '.join(fields)}. First: "
+        + "; ".join(problems[:3])
+    )
 
 
-def _fields_for(key: str, in_both: bool) -> str:
-    if not in_both and key.rsplit(".", 1)[-1] in _NORM_BUFFERS:
-        return "ModelConfig.USE_BATCH_NORM"
+def _has_norms(shapes: Mapping[str, Any]) -> bool:
+    return any(key.endswith(".running_mean") for key in shapes)
+
+
+def _fields_for(key: str) -> str:
     for prefix, fields in _PART_FIELDS:
         if key.startswith(prefix):
             return fields
