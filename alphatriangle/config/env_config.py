@@ -26,24 +26,14 @@ class EnvConfig(ConfigBase):
     * COLS`` (360 with the defaults). ``ACTION_DIM`` as 1.0.0 saved it is accepted and must
     agree.
 
-    trianglengin's ``PLAYABLE_RANGE_PER_ROW`` (per row, the playable columns ``[start,
-    end)``) and its rewards (``REWARD_PER_PLACED_TRIANGLE``, ``REWARD_PER_CLEARED_TRIANGLE``,
-    ``REWARD_PER_STEP_ALIVE``, ``PENALTY_GAME_OVER``) are accepted, checked as trianglengin
-    checked them, and not acted on by the built-in game (every cell is playable; its rewards
-    are fixed, see :mod:`alphatriangle.env.game`); a non-default value warns. Unlike
-    trianglengin, ``PLAYABLE_RANGE_PER_ROW`` when not given follows a grid of another size
-    than 8 x 15 (every cell playable) instead of refusing it."""
+    ``PLAYABLE_RANGE_PER_ROW``: per row, the playable columns ``[start, end)`` (the cells
+    outside are dead); the rewards: ``REWARD_PER_PLACED_TRIANGLE`` per triangle placed,
+    ``REWARD_PER_CLEARED_TRIANGLE`` per triangle cleared, ``REWARD_PER_STEP_ALIVE`` per move
+    that does not end the game, ``PENALTY_GAME_OVER`` on the move that does; checked as
+    trianglengin checked them; the built-in game (:mod:`alphatriangle.env.game`) plays by
+    them. Unlike trianglengin, ``PLAYABLE_RANGE_PER_ROW`` when not given follows a grid of
+    another size than 8 x 15 (every cell playable) instead of refusing it."""
 
-    ignored_fields: ClassVar[dict[str, str]] = {
-        name: "the built-in game does not read it (every cell playable, fixed rewards)"
-        for name in (
-            "PLAYABLE_RANGE_PER_ROW",
-            "REWARD_PER_PLACED_TRIANGLE",
-            "REWARD_PER_CLEARED_TRIANGLE",
-            "REWARD_PER_STEP_ALIVE",
-            "PENALTY_GAME_OVER",
-        )
-    }
     derived_fields: ClassVar[frozenset[str]] = frozenset({"ACTION_DIM"})
 
     ROWS: int = Field(default=8, ge=2, le=64)
@@ -66,11 +56,6 @@ class EnvConfig(ConfigBase):
             if isinstance(rows, int) and isinstance(cols, int):
                 data = {**data, "PLAYABLE_RANGE_PER_ROW": _default_ranges(rows, cols)}
         return data
-
-    def ignored_default(self, name: str) -> Any:
-        if name == "PLAYABLE_RANGE_PER_ROW":
-            return _default_ranges(self.ROWS, self.COLS)
-        return super().ignored_default(name)
 
     def check(self) -> None:
         ranges = self.PLAYABLE_RANGE_PER_ROW

@@ -196,8 +196,6 @@ def test_mcts_config_reads_1_0_0_s_names() -> None:
         (TrainConfig, {"GAMMA": 0.9}, "GAMMA"),
         (TrainConfig, {"COMPILE_MODEL": False}, "COMPILE_MODEL"),
         (MCTSConfig, {"MAX_SEARCH_DEPTH": 8}, "MAX_SEARCH_DEPTH"),
-        (EnvConfig, {"PENALTY_GAME_OVER": -1.0}, "PENALTY_GAME_OVER"),
-        (EnvConfig, {"PLAYABLE_RANGE_PER_ROW": [(0, 15)] * 8}, "PLAYABLE_RANGE_PER_ROW"),
         (PersistenceConfig, {"TENSORBOARD_DIR_NAME": "tb"}, "TENSORBOARD_DIR_NAME"),
         (
             PersistenceConfig,
@@ -214,5 +212,3 @@ def test_an_ignored_field_warns_only_off_its_default(
     with warnings.catch_warnings():
         warnings.simplefilter("error", IgnoredFieldWarning)
         cls()  # defaults: silent
-        if cls is EnvConfig:
-            cls(ROWS=4, COLS=5)  # ranges that follow the grid: silent
