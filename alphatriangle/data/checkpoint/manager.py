@@ -612,11 +612,11 @@ class CheckpointManager:
             path=self.directory,
         )
 
-    def array_metadata(self, step: int | None = None) -> Any:
-        """The state tree of ``step`` (the newest when None) with each tensor and array
+    def array_metadata(self, step: int | None = None, *, item: str = DEFAULT_ITEM) -> Any:
+        """The tree of ``item`` in ``step`` (the newest when None) with each tensor and array
         replaced by its :class:`ArrayMetadata` (framework, dtype, shape, bytes, device) and
         each pickled leaf by a :class:`PickledObject`: read from the index alone, without
-        reading array data or unpickling anything."""
+        reading array data or unpickling anything. KeyError when the step has no ``item``."""
         self._check_open()
         step = self.latest_step() if step is None else step
         if step is None:
@@ -628,7 +628,7 @@ class CheckpointManager:
         try:
             with reader_lease(step_dir):
                 manifest = read_manifest(step_dir, step, signing_key=key)
-                return read_array_metadata(step_dir, manifest, DEFAULT_ITEM, signing_key=key)
+                return read_array_metadata(step_dir, manifest, item, signing_key=key)
         except StepGoneError:
             raise CheckpointNotFoundError(
                 f"step {step} not found in {self.directory}", path=step_dir, step=step
