@@ -21,18 +21,22 @@ from alphatriangle.utils.types import PolicyValueOutput, StateType
 
 __all__ = ["NeuralNetwork", "resolve_device"]
 
-# The first part of a state-dict key -> the config fields that shape those weights.
-_FIELDS_BY_PART = {
-    "conv_body": "GRID_INPUT_CHANNELS, CONV_FILTERS, CONV_KERNEL_SIZES, USE_BATCH_NORM",
-    "res_body": "NUM_RESIDUAL_BLOCKS, RESIDUAL_BLOCK_FILTERS, USE_BATCH_NORM",
-    "input_proj": "USE_TRANSFORMER, TRANSFORMER_DIM",
-    "pos_encoder": "USE_TRANSFORMER, TRANSFORMER_LAYERS, TRANSFORMER_DIM",
-    "transformer_body": "USE_TRANSFORMER, TRANSFORMER_LAYERS, TRANSFORMER_DIM, "
-    "TRANSFORMER_HEADS, TRANSFORMER_FC_DIM",
-    "shared_fc": "FC_DIMS_SHARED, OTHER_NN_INPUT_FEATURES_DIM, the grid size (EnvConfig)",
-    "policy_head": "POLICY_HEAD_DIMS, EnvConfig's ACTION_DIM",
-    "value_head": "VALUE_HEAD_DIMS, NUM_VALUE_ATOMS",
-}
+# The parts of 1.0.0's network (state-dict key prefixes) and the config fields that shape them.
+_PART_FIELDS = (
+    ("conv_body.0.", "ModelConfig.GRID_INPUT_CHANNELS, CONV_FILTERS, CONV_KERNEL_SIZES"),
+    ("conv_body.", "ModelConfig.CONV_FILTERS, CONV_KERNEL_SIZES"),
+    ("res_body.", "ModelConfig.NUM_RESIDUAL_BLOCKS, RESIDUAL_BLOCK_FILTERS"),
+    ("input_proj.", "ModelConfig.TRANSFORMER_DIM"),
+    ("pos_encoder.", "ModelConfig.USE_TRANSFORMER, TRANSFORMER_DIM"),
+    (
+        "transformer_body.",
+        "ModelConfig.USE_TRANSFORMER, TRANSFORMER_LAYERS, TRANSFORMER_DIM, TRANSFORMER_FC_DIM",
+    ),
+    ("shared_fc.0.", "ModelConfig.FC_DIMS_SHARED, OTHER_NN_INPUT_FEATURES_DIM (or the trunk)"),
+    ("shared_fc.", "ModelConfig.FC_DIMS_SHARED"),
+    ("policy_head.", "ModelConfig.POLICY_HEAD_DIMS, EnvConfig.ACTION_DIM"),
+    ("value_head.", "ModelConfig.VALUE_HEAD_DIMS, NUM_VALUE_ATOMS"),
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,41 +128,45 @@ class NeuralNetwork:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def set_weights(self, weights: Mapping[str, Any]) -> None:
-        """Load a state dict (any device), strictly: ValueError naming the keys and shapes
-        that differ from this architecture, and the config fields behind them."""
+        """Load a state dict (any device), strictly; ValueError from :meth:`check_weights`
+        when it is not one of this architecture."""
         self.check_weights(weights)
         self.model.load_state_dict(dict(weights))
 
-    def check_weights(self, weights: Mapping[str, Any]) -> None:
-        """ValueError when ``weights`` is not a state dict of this architecture."""
-        own = self.model.state_dict()
-        missing = [k for k in own if k not in weights]
-        unexpected = [k for k in weights if k not in own]
-        shapes = [
-            f"{k} {tuple(weights[k].shape)} (this network: {tuple(v.shape)})"
-            for k, v in own.items()
-            if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(v.shape)
-        ]
-        if not (missing or unexpected or shapes):
+    def check_weights(self, weights: Mapping[str, Any], where: str = "the weights") -> None:
+        """ValueError when ``weights`` does not fit this network key for key and shape for
+        shape, before torch sees it: how many tensors differ, the config fields that shape
+        the parts they are in (the first difference's first; ``USE_BATCH_NORM`` first when
+        only one side has batch norm), and the first few differences, in the network's
+        order. ``where`` names the weights in the message."""
+        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+        problems: list[str] = []
+        fields: list[str] = []
+        for key in [*expected, *(k for k in weights if k not in expected)]:
+            if key in expected and expected[key] == saved.get(key):
+                continue
+            if key not in weights:
+                problems.append(f"{key} {expected[key]} is missing from {where}")
+            elif key not in expected:
+                problems.append(f"{key} {saved.get(key, '')} is in {where}, not in the network")
+            else:
+                shape = saved.get(key, f"a {type(weights[key]).__name__}")
+                problems.append(f"{key} is {shape} in {where}, {expected[key]} here")
+            part = next((f for prefix, f in _PART_FIELDS if key.startswith(prefix)), None)
+            part = part or "a part this network does not have"
+            if part not in fields:
+                fields.append(part)
+        if not problems:
             return
-        parts = sorted(
-            {k.split(".")[0] for k in [*missing, *unexpected]} | {s.split(".")[0] for s in shapes}
-        )
-        problems = []
-        if missing:
-            problems.append(f"missing {_some(missing)}")
-        if unexpected:
-            problems.append(f"unexpected {_some(unexpected)}")
-        if shapes:
-            problems.append(f"other shapes: {_some(shapes)}")
-        fields = "; ".join(f"{p}: {_FIELDS_BY_PART.get(p, 'unknown part')}" for p in parts)
+        if _has_norms(saved) != _has_norms(expected):
+            fields.insert(0, "ModelConfig.USE_BATCH_NORM")
         raise ValueError(
-            "the weights do not fit the network this ModelConfig builds ("
-            + "; ".join(problems)
-            + f"). The config fields that shape these parts: {fields}"
+            f"{where}: its weights do not fit the network its configs describe "
+            f"({len(problems)} tensors differ); see {'; '.join(fields)}. First: "
+            + "; ".join(problems[:3])
         )
 
 
-def _some(items: list[str], limit: int = 4) -> str:
-    shown = ", ".join(items[:limit])
-    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+def _has_norms(shapes: Mapping[str, Any]) -> bool:
+    return any(key.endswith(".running_mean") for key in shapes)

@@ -10,7 +10,6 @@ pass and one optimizer step.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, StepLR
 
 from alphatriangle.config import TrainConfig
 from alphatriangle.nn import NeuralNetwork
+from alphatriangle.training.resume import optimizer_type_of
 from alphatriangle.utils.types import PERBatchSample
 
 __all__ = ["Learner", "project_onto_atoms"]
@@ -99,15 +99,7 @@ class Learner:
         groups = state.get("param_groups")
         if not isinstance(groups, list) or not groups or "state" not in state:
             raise ValueError("not an optimizer state dict: no 'param_groups' or no 'state'")
-        group = groups[0]
-        if kind == "SGD":
-            saved_kind = "SGD" if "momentum" in group and "betas" not in group else "Adam/AdamW"
-        elif "betas" not in group:
-            saved_kind = "SGD"
-        elif "decoupled_weight_decay" in group:
-            saved_kind = "AdamW" if group["decoupled_weight_decay"] else "Adam"
-        else:  # torch before 2.6 did not say: Adam and AdamW share their state
-            saved_kind = kind
+        saved_kind = optimizer_type_of(state) or kind  # None: Adam or AdamW, torch < 2.6
         if saved_kind != kind:
             raise ValueError(
                 f"the optimizer state is {saved_kind}'s, and TrainConfig.OPTIMIZER_TYPE is "
@@ -131,31 +123,6 @@ class Learner:
                         "it belongs to another architecture (ModelConfig)"
                     )
         self.optimizer.load_state_dict(dict(state))
-
-    def restore_schedule(self, step: int) -> None:
-        """Put the learning rate where the schedule has it after ``step`` steps (for a
-        checkpoint that saved no scheduler state, as 1.0.0's did not): the scheduler is made
-        anew from the optimizer's initial learning rates and advanced to ``step`` by its
-        closed form."""
-        if self.scheduler is None:
-            return
-        for group in self.optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            group["lr"] = group["initial_lr"]
-        self.scheduler = self._make_scheduler()
-        assert self.scheduler is not None
-        config = self.config
-        for group in self.optimizer.param_groups:
-            base = group["initial_lr"]
-            if isinstance(self.scheduler, CosineAnnealingLR):
-                eta, period = config.LR_SCHEDULER_ETA_MIN, config.lr_scheduler_t_max
-                group["lr"] = eta + (base - eta) * (1 + math.cos(math.pi * step / period)) / 2
-            else:
-                group["lr"] = base * config.LR_SCHEDULER_GAMMA ** (
-                    step // config.LR_SCHEDULER_STEP_SIZE
-                )
-        self.scheduler.last_epoch = step
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def train_step(
         self, sample: PERBatchSample

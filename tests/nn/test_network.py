@@ -108,14 +108,24 @@ def test_weights_of_another_architecture_are_refused_naming_the_fields() -> None
     network = NeuralNetwork(
         ModelConfig(**{**data.model_config_dict, "TRANSFORMER_FC_DIM": 64}), EnvConfig(), CPU_TRAIN
     )
-    with pytest.raises(ValueError, match=r"transformer_body.*TRANSFORMER_FC_DIM") as info:
+    with pytest.raises(ValueError, match=r"see ModelConfig\.USE_TRANSFORMER.*TRANSFORMER_FC_DIM"):
         network.set_weights(data.model_state_dict)
-    assert "other shapes" in str(info.value) and "linear1.weight (32, 16)" in str(info.value)
+    with pytest.raises(
+        ValueError, match=r"linear1.weight is \(32, 16\) in step 6, \(64, 16\) here"
+    ):
+        network.check_weights(data.model_state_dict, "step 6")
     no_transformer = NeuralNetwork(
         ModelConfig(**{**data.model_config_dict, "USE_TRANSFORMER": False}), EnvConfig(), CPU_TRAIN
     )
-    with pytest.raises(ValueError, match=r"unexpected pos_encoder.pe, .* and \d+ more"):
+    with pytest.raises(ValueError, match=r"pos_encoder.pe \(5000, 1, 16\) is in the weights, not"):
         no_transformer.set_weights(data.model_state_dict)
+    no_norms = NeuralNetwork(
+        ModelConfig(**{**data.model_config_dict, "USE_BATCH_NORM": False}), EnvConfig(), CPU_TRAIN
+    )
+    with pytest.raises(
+        ValueError, match=r"\(\d+ tensors differ\); see ModelConfig.USE_BATCH_NORM;"
+    ):
+        no_norms.set_weights(data.model_state_dict)
 
 
 def test_a_config_the_grid_cannot_carry_is_refused_naming_the_fields() -> None:

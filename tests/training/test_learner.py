@@ -20,6 +20,7 @@ from alphatriangle.data.legacy import load_legacy_checkpoint
 from alphatriangle.nn import NeuralNetwork
 from alphatriangle.training import Learner
 from alphatriangle.training.learner import project_onto_atoms
+from alphatriangle.training.resume import position_scheduler
 from alphatriangle.utils.types import ColumnarBatch, PERBatchSample
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures/alphatriangle-1.0.0-real"
@@ -184,7 +185,7 @@ def test_the_real_1_0_0_optimizer_state_loads_and_training_goes_on() -> None:
     saved_lr = data.optimizer_state_dict["param_groups"][0]["lr"]
     assert learner.learning_rate == saved_lr
     # 1.0.0 saved no scheduler state: the schedule resumes at the checkpoint's step.
-    learner.restore_schedule(expected["global_step"])
+    position_scheduler(learner.scheduler, learner.optimizer, expected["global_step"])
     assert learner.learning_rate == pytest.approx(saved_lr, rel=1e-9)
     before = {k: v.clone() for k, v in network.get_weights().items()}
     losses, errors = learner.train_step(_sample(count=8))
