@@ -1,8 +1,11 @@
 """The experience types of alphatriangle, as 1.0.0 defined them, plus the columnar batch.
 
-A state is what the network sees: ``grid`` of shape (C, H, W) (1.0.0: (2, 8, 15), float32)
-and ``other_features`` of shape (F,) (1.0.0: 30, float32). An experience is a state, the
-search's policy target (action -> probability) and the value target. ``ExperienceBatch`` is
+A state is what the network sees: ``grid`` of shape (``ModelConfig.GRID_INPUT_CHANNELS``,
+``EnvConfig.ROWS``, ``EnvConfig.COLS``), float32 (1.0.0's default: (1, 8, 15)), and
+``other_features`` of shape (``ModelConfig.OTHER_NN_INPUT_FEATURES_DIM``,), float32 (30). An
+experience is a state, the search's policy target (action -> probability over
+``EnvConfig.ACTION_DIM`` actions, 360 by default) and the value target (the return, a float;
+the network predicts it as a distribution over ``ModelConfig.NUM_VALUE_ATOMS`` atoms). ``ExperienceBatch`` is
 1.0.0's list of experiences; :class:`ColumnarBatch` holds the same as stacked arrays, which
 is what the replay buffer stores and samples.
 """
