@@ -60,6 +60,11 @@ class Learner:
     one)."""
 
     def __init__(self, network: NeuralNetwork, config: TrainConfig) -> None:
+        if network.model_config.USE_BATCH_NORM and config.BATCH_SIZE < 2:
+            raise ValueError(
+                f"TrainConfig.BATCH_SIZE is {config.BATCH_SIZE} and ModelConfig.USE_BATCH_NORM "
+                "is on: batch norm trains on batches of at least 2"
+            )
         self.network, self.config = network, config
         self.optimizer = self._make_optimizer()
         self.scheduler: LRScheduler | None = self._make_scheduler()

@@ -215,3 +215,11 @@ def test_an_optimizer_state_of_another_kind_or_network_is_refused() -> None:
     )
     with pytest.raises(ValueError, match=r"exp_avg.* shared_fc.0.weight \(33, 1950\)"):
         wider.load_optimizer_state(data.optimizer_state_dict)
+
+
+def test_batch_norm_needs_batches_of_two() -> None:
+    with pytest.raises(ValueError, match=r"BATCH_SIZE is 1 and ModelConfig\.USE_BATCH_NORM"):
+        _learner(BATCH_SIZE=1)
+    no_norm = SMALL_MODEL.model_copy(update={"USE_BATCH_NORM": False, "USE_TRANSFORMER": False})
+    learner = _learner(model=no_norm, BATCH_SIZE=1)
+    assert learner.train_step(_sample(count=1))[1].shape == (1,)
