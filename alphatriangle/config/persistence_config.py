@@ -43,7 +43,8 @@ class PersistenceConfig(ConfigBase):
     written; a non-default value warns). The ``MLFLOW_TRACKING_URI`` 1.0.0 saved (a
     ``file://`` URI it derived from the data root) is accepted and not stored: the tracking
     URI here is :attr:`MLFLOW_TRACKING_URI` (``MLFLOW_TRACKING_URI_OVERRIDE``, else a SQLite
-    store under the data root); a saved URI that was not 1.0.0's derived one warns, since
+    store under the data root); a saved URI that is not of 1.0.0's derived form (a ``file:`` URI
+    ending in ``MLFLOW_DIR_NAME``) warns, since
     pointing at another store is what ``MLFLOW_TRACKING_URI_OVERRIDE`` does."""
 
     ignored_fields: ClassVar[dict[str, str]] = {
@@ -97,8 +98,14 @@ class PersistenceConfig(ConfigBase):
         return check_run_name(value)
 
     def check_derived(self, name: str, value: Any) -> None:
-        derived = Path(self.ROOT_DATA_DIR).joinpath(self.MLFLOW_DIR_NAME).resolve().as_uri()
-        if name == "MLFLOW_TRACKING_URI" and value != derived:
+        # 1.0.0 derived it (users could not set it): a file URI of <data root>/MLFLOW_DIR_NAME,
+        # absolute from the directory it ran in, so only its last component can be checked.
+        derived = (
+            isinstance(value, str)
+            and value.startswith("file:")
+            and value.rstrip("/").endswith(f"/{self.MLFLOW_DIR_NAME}")
+        )
+        if name == "MLFLOW_TRACKING_URI" and not derived:
             warnings.warn(
                 f"PersistenceConfig.MLFLOW_TRACKING_URI={value!r} (1.0.0's saved URI) is not "
                 f"acted on: the tracking URI is {self.MLFLOW_TRACKING_URI!r}; set "
