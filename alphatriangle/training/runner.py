@@ -170,7 +170,12 @@ def _apply(
         f"{len(parts.buffer)} experiences, {episodes} games played, {simulations} simulations"
     )
     if parts.changed:
-        echo(f"  with the checkpoint's own configs: {', '.join(parts.changed)}")
+        by_config: dict[str, list[str]] = {}
+        for name in parts.changed:
+            config, field_name = name.split(".", 1)
+            by_config.setdefault(config, []).append(field_name)
+        listed = "; ".join(f"{c}: {', '.join(names)}" for c, names in by_config.items())
+        echo(f"  with the checkpoint's own configs: {listed}")
     return step, episodes, simulations, checkpoint.run_name
 
 
@@ -335,6 +340,10 @@ def run_training(
         if metrics_logger is not None:
             metrics_logger.close()
         data.close()
+        if checkpointing and data.manager.options.mlflow is not None:
+            uploads = data.manager.upload_status()  # what the close left, and why
+            if uploads:
+                echo(f"MLflow: {uploads}\n  they upload when the run resumes (ckpt list)")
         if owns_ray:
             ray.shutdown()
 

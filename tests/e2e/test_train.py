@@ -1,11 +1,12 @@
 """``alphatriangle train`` as users run it: a real process with real Ray workers, killed
-with SIGKILL and resumed, stopped with SIGTERM and with Ctrl-C; ``ckpt verify`` on what it
-leaves."""
+with SIGKILL and resumed, stopped with SIGTERM and with Ctrl-C, resuming a run written by
+alphatriangle 1.0.0; ``ckpt verify`` on what it leaves."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -15,14 +16,24 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
-from alphatriangle.data import CheckpointManager, CheckpointManagerOptions
+from alphatriangle.config import ModelConfig, RunConfigs
+from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, DataManager
+from alphatriangle.data.legacy import load_legacy_checkpoint
+from alphatriangle.nn import NeuralNetwork
+from alphatriangle.rl.core import ExperienceBuffer
+from alphatriangle.stats import StatsCollector
+from alphatriangle.training.learner import Learner
+from alphatriangle.training.resume import configs_of_checkpoint
 
 pytestmark = pytest.mark.slow
 
-# Small and fast: short games, few simulations, small batches; one worker.
+# Small and fast: the quick preset, shorter games, fewer simulations, small batches; one
+# worker.
 CONFIG = """\
 TrainConfig:
   MIN_BUFFER_SIZE_TO_TRAIN: 64
@@ -49,15 +60,17 @@ def ray_tmp() -> Iterator[str]:
 
 
 def _train(
-    tmp_path: Path, ray_tmp: str, run: str, steps: int, *extra: str
+    tmp_path: Path, ray_tmp: str, run: str, steps: int, *extra: str, config_text: str = CONFIG
 ) -> subprocess.Popen[str]:
     config = tmp_path / "small.yaml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     command = [
         *_entry_point(),
         "train",
         "--root",
         str(tmp_path / "data"),
+        "--preset",
+        "quick",
         "--run-name",
         run,
         "--steps",
@@ -194,3 +207,94 @@ def test_ctrl_c_twice_aborts_at_once(tmp_path: Path, ray_tmp: str) -> None:
         latest = reader.latest_step()
         assert latest is not None
         reader.verify(latest)
+
+
+REAL_1_0_0 = Path(__file__).parents[1] / "fixtures" / "alphatriangle-1.0.0-real"
+REAL_RUN = "train_20250421_101500"
+# Training starts at once on the 40 experiences of the 1.0.0 buffer.
+RESUME_CONFIG = """\
+TrainConfig:
+  MIN_BUFFER_SIZE_TO_TRAIN: 8
+  BATCH_SIZE: 8
+  BUFFER_CAPACITY: 4000
+MCTSConfig:
+  NUM_SIMULATIONS: 4
+  MAX_GAME_MOVES: 20
+"""
+
+
+def _real_1_0_0_root(tmp_path: Path, **model_fields: Any) -> None:
+    """The real 1.0.0 run under ``tmp_path/data``; with ``model_fields``, its checkpoints'
+    ``model_config_dict`` says them (the weights unchanged: they no longer fit)."""
+    shutil.copytree(REAL_1_0_0 / "runs", tmp_path / "data" / "runs")
+    for path in (tmp_path / "data").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    if model_fields:
+        for path in (tmp_path / "data" / "runs" / REAL_RUN / "checkpoints").glob("*.pkl"):
+            checkpoint = load_legacy_checkpoint(path)
+            changed = {**checkpoint.model_config_dict, **model_fields}
+            path.write_bytes(
+                pickle.dumps(checkpoint.model_copy(update={"model_config_dict": changed}))
+            )
+
+
+def test_a_1_0_0_run_resumes_and_its_new_steps_restore(tmp_path: Path, ray_tmp: str) -> None:
+    _real_1_0_0_root(tmp_path)
+    output = _finish(
+        _train(tmp_path, ray_tmp, "upgraded", 9, "--save-every", "3", config_text=RESUME_CONFIG)
+    )
+    assert (
+        f"resuming run upgraded from step 6 (from run {REAL_RUN}): buffer 40 experiences, "
+        "12 games played, 600 simulations" in output
+    ), output
+    assert "with the checkpoint's own configs: ModelConfig: CONV_FILTERS" in output
+    assert "run upgraded: step 6 -> 9;" in output, output
+    checked = _verify(tmp_path / "data" / "runs" / "upgraded")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "step 9: ok" in checked.stdout
+
+    # The new steps restore: 1.0.0's network, optimizer and schedule, the buffer, the stats.
+    configs = RunConfigs.build(
+        None,
+        {"ROOT_DATA_DIR": str(tmp_path / "data"), "RUN_NAME": "upgraded", "MLFLOW_SYNC": False},
+    )
+    with DataManager(configs.persistence, configs.train) as data:
+        loaded = data.load_initial_state()
+    checkpoint = loaded.checkpoint_data
+    assert checkpoint is not None and checkpoint.global_step == 9
+    original = load_legacy_checkpoint(REAL_1_0_0 / "runs" / REAL_RUN / "checkpoints" / "latest.pkl")
+    assert checkpoint.model_config_dict == ModelConfig.model_validate(
+        original.model_config_dict
+    ).model_dump(include=set(ModelConfig.model_fields))
+    resumed, _ = configs_of_checkpoint(configs, checkpoint, None)
+    network = NeuralNetwork(resumed.model, resumed.env, resumed.train, device="cpu")
+    learner = Learner(network, resumed.train)
+    buffer = ExperienceBuffer(resumed.train, resumed.env, resumed.model)
+    stats = StatsCollector()
+    DataManager.apply_loaded_state(
+        loaded, network, learner.optimizer, buffer=buffer, scheduler=learner.scheduler
+    )
+    stats.set_state(checkpoint.stats_collector_state)
+    assert type(learner.optimizer).__name__ == "AdamW"
+    assert learner.scheduler.last_epoch == 9
+    assert len(buffer) >= 40 and buffer.grid_shape == (1, 8, 15)
+    assert [step for step, _ in stats.get_metric_data()["train/loss"]] == [7, 8, 9]
+    weights = network.get_weights()
+    assert any(
+        not torch.equal(weights[key], original.model_state_dict[key].cpu())
+        for key in weights
+        if weights[key].is_floating_point()
+    )  # it trained
+
+
+def test_a_1_0_0_checkpoint_that_does_not_fit_stops_naming_the_field(
+    tmp_path: Path, ray_tmp: str
+) -> None:
+    _real_1_0_0_root(tmp_path, CONV_FILTERS=[8, 32])
+    config = RESUME_CONFIG + "PersistenceConfig:\n  MLFLOW_SYNC: false\n"
+    proc = _train(tmp_path, ray_tmp, "upgraded", 9, config_text=config)
+    output = _finish(proc)
+    assert proc.returncode == 1, output
+    assert "error: the checkpoint of run train_20250421_101500 at step 6" in output
+    assert "see ModelConfig.CONV_FILTERS, CONV_KERNEL_SIZES" in output
+    assert "Error(s) in loading state_dict" not in output
