@@ -40,7 +40,9 @@ from alphatriangle.data.checkpoint import (
     SaveWhen,
     StepExistsError,
     StepInfo,
+    UnsafeObjectError,
     WeightsOnlyError,
+    add_safe_globals,
 )
 from alphatriangle.data.data_manager import DataManager
 from alphatriangle.data.schemas import BufferData, CheckpointData, LoadedTrainingState
@@ -81,5 +83,7 @@ __all__ = [
     "SaveWhen",
     "StepExistsError",
     "StepInfo",
+    "UnsafeObjectError",
     "WeightsOnlyError",
+    "add_safe_globals",
 ]

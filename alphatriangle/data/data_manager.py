@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from alphatriangle.config import PersistenceConfig, TrainConfig
+from alphatriangle.data._safe_globals import register_safe_globals
 from alphatriangle.data.checkpoint import (
     CheckpointManager,
     CheckpointManagerOptions,
@@ -99,6 +100,7 @@ class DataManager:
         *,
         clock: Any = time.time,
     ) -> None:
+        register_safe_globals()  # what its steps may pickle loads under the safe default
         self.persist_config = persist_config
         self.train_config = train_config
         self.run_name = train_config.RUN_NAME

@@ -4,6 +4,7 @@ Python objects. It knows nothing of alphatriangle (nothing outside this package 
 See ``alphatriangle/data/checkpoint/README.md`` for the format, the guarantees and the API.
 """
 
+from alphatriangle.data.checkpoint._safe_unpickling import add_safe_globals, safe_globals
 from alphatriangle.data.checkpoint.commit import fsync_dir
 from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
@@ -12,6 +13,7 @@ from alphatriangle.data.checkpoint.errors import (
     CheckpointSignatureError,
     LockTimeoutError,
     StepExistsError,
+    UnsafeObjectError,
     WeightsOnlyError,
 )
 from alphatriangle.data.checkpoint.layout import step_dir_name, step_from_dir_name
@@ -76,9 +78,12 @@ __all__ = [
     "SaveWhen",
     "StepExistsError",
     "StepInfo",
+    "UnsafeObjectError",
     "UploadStatus",
     "WeightsOnlyError",
+    "add_safe_globals",
     "fsync_dir",
+    "safe_globals",
     "step_dir_name",
     "step_from_dir_name",
 ]

@@ -9,6 +9,7 @@ so it can cross process and Ray boundaries intact.
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "CheckpointSignatureError",
     "LockTimeoutError",
     "StepExistsError",
+    "UnsafeObjectError",
     "WeightsOnlyError",
 ]
 
@@ -64,6 +66,12 @@ class CheckpointSignatureError(CheckpointCorruptError):
 class WeightsOnlyError(CheckpointError, ValueError):
     """``weights_only=True`` met a step whose item holds pickled objects; nothing was
     unpickled. ``path`` names the objects file; the message says where they sit in the tree."""
+
+
+class UnsafeObjectError(CheckpointError, pickle.UnpicklingError):
+    """The default restore met a pickled global outside its allow-list (it could run code)
+    and unpickled nothing of the item. ``path`` names the objects file; the message names the
+    global and how to allow it (register it, or trust the step)."""
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):

@@ -76,7 +76,7 @@ class _Reading:
     """How one restore reads (passed through its retries and fallbacks)."""
 
     map_location: Any
-    weights_only: bool
+    weights_only: bool | None
     select: list[Selector] | None
     item: str = "state"
 
@@ -499,9 +499,12 @@ class CheckpointManager:
         is skipped for the newest intact one, each skip logged as an error naming the file;
         if no step is intact, the newest step's :class:`CheckpointCorruptError` is raised.
 
-        With ``weights_only`` (default: the option of that name) nothing is unpickled: a step
-        holding pickled objects raises :class:`WeightsOnlyError` naming them. With a
-        ``signing_key`` in the options, an unsigned or tampered step raises
+        Pickled objects (default: the option ``weights_only``): with None, unpickled
+        through an allow-list (``add_safe_globals`` extends it); a global outside it raises
+        :class:`UnsafeObjectError` naming it. ``weights_only=True`` unpickles nothing (a step
+        holding pickled objects raises :class:`WeightsOnlyError` naming them);
+        ``weights_only=False`` unpickles anything, as does a step whose signature verifies.
+        With a ``signing_key`` in the options, an unsigned or tampered step raises
         :class:`CheckpointSignatureError` (a corrupt step, for ``fallback``).
 
         With ``select`` (top-level keys, or tuples of keys for deeper paths, e.g.

@@ -41,8 +41,11 @@ class CheckpointManagerOptions(BaseModel):
       ``KeepBest`` in ``retention`` ranks.
     - ``lock_timeout_s``: how long a second writer waits for the writer lock before
       ``LockTimeoutError``.
-    - ``weights_only``: the default of ``restore(weights_only=...)``: never unpickle; a step
-      holding pickled objects raises ``WeightsOnlyError`` naming them.
+    - ``weights_only``: the default of ``restore(weights_only=...)``. None (the default):
+      pickled objects are unpickled through an allow-list (``add_safe_globals`` extends it;
+      anything else raises ``UnsafeObjectError``); True: never unpickle (a step holding
+      pickled objects raises ``WeightsOnlyError`` naming them); False: unpickle anything
+      (trusted checkpoints only).
     - ``signing_key``: at least 16 bytes; every step written is signed (HMAC-SHA256 over the
       manifest, SHA-256 of every file) and every step restored must carry a valid signature
       (``CheckpointSignatureError`` otherwise). Never shown in the options' repr.
@@ -63,7 +66,7 @@ class CheckpointManagerOptions(BaseModel):
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
     lock_timeout_s: float = Field(default=5.0, ge=0.0, le=86_400.0)
-    weights_only: bool = False
+    weights_only: bool | None = None
     signing_key: bytes | None = Field(default=None, repr=False)
     mlflow: MlflowSyncOptions | None = None
 

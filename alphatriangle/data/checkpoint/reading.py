@@ -12,8 +12,10 @@ Every byte read is checked before it is used, and any violation raises
   (``arrays.TORCH_DTYPES``; numpy dtypes without objects or fields); devices parsed by a
   strict pattern; ``nbytes == prod(shape) * itemsize``; every array inside the data file,
   which must end where the last array ends; tree references in range; nesting bounded;
-- pickled objects are unpickled only when ``weights_only`` is false, and an object that does
-  not unpickle is reported as such, naming the file.
+- pickled objects: never unpickled with ``weights_only=True``; by default through the
+  allow-list of ``_safe_unpickling.py`` (a refused global raises ``UnsafeObjectError``); as
+  they are with ``weights_only=False`` or a verified signature; an object that does not
+  unpickle is reported as such, naming the file.
 
 With a signing key (``signing.py``) the manifest's HMAC and every file's SHA-256 are checked
 too, and an unsigned or tampered step raises
@@ -41,6 +43,7 @@ import torch
 import xxhash
 
 from alphatriangle.data.checkpoint._devices import DeviceMap
+from alphatriangle.data.checkpoint._safe_unpickling import RefusedGlobal, unsafe_object_error
 from alphatriangle.data.checkpoint.arrays import GRAD_DTYPES, TORCH_DTYPES, ArraySpec, numpy_dtype
 from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
@@ -646,7 +649,7 @@ def read_item(
     *,
     verify: bool = True,
     map_location: Any = None,
-    weights_only: bool = False,
+    weights_only: bool | None = None,
     signing_key: bytes | None = None,
     mode: str = "mmap",
     pinned: PinnedChunks | None = None,
@@ -701,7 +704,15 @@ def read_item(
             arrays[position] = _make_view(arrays[spec.view_of], spec)
     objects = None
     if objects_name in manifest.files:
-        objects = _unpickle(step_dir, manifest, objects_name, arrays, verify=verify, signed=signed)
+        objects = _unpickle(
+            step_dir,
+            manifest,
+            objects_name,
+            arrays,
+            verify=verify,
+            signed=signed,
+            restricted=weights_only is None and not signed,  # a verified signature: trusted
+        )
     try:
         return decode_tree(tree, arrays, objects)
     except TreeError as exc:
@@ -806,12 +817,16 @@ def _unpickle(
     *,
     verify: bool,
     signed: bool,
+    restricted: bool,
 ) -> list[Any]:
-    """Read and unpickle an item's objects; an object that does not unpickle is reported as
-    a corrupt step naming the file (its cause chained)."""
+    """Read and unpickle an item's objects (``restricted``: through the allow-list); an
+    object that does not unpickle is reported as a corrupt step naming the file (its cause
+    chained), a refused global as :class:`UnsafeObjectError`."""
     data = _read_small(step_dir, manifest, name, verify=verify, signed=signed)
     try:
-        return unpickle_objects(data, arrays)
+        return unpickle_objects(data, arrays, restricted=restricted)
+    except RefusedGlobal as refused:
+        raise unsafe_object_error(refused, step_dir / name, manifest.step) from None
     except CheckpointCorruptError:
         raise  # an array it refers to failed its checksum
     except Exception as exc:
@@ -1083,7 +1098,7 @@ def read_selected(
     *,
     verify: bool = True,
     map_location: Any = None,
-    weights_only: bool = False,
+    weights_only: bool | None = None,
     signing_key: bytes | None = None,
 ) -> dict[Any, Any]:
     """The selected subtrees of one item, as nested dicts along their paths: ``"model"`` is
@@ -1150,7 +1165,13 @@ def read_selected(
         objects = None
         if holds_objects:
             objects = _unpickle(
-                step_dir, manifest, objects_name, arrays, verify=verify, signed=False
+                step_dir,
+                manifest,
+                objects_name,
+                arrays,
+                verify=verify,
+                signed=False,
+                restricted=weights_only is None,
             )
         try:
             values = [decode_tree(node, arrays, objects) for node in nodes]

@@ -30,6 +30,7 @@ import cloudpickle
 import numpy as np
 import torch
 
+from alphatriangle.data.checkpoint._safe_unpickling import check_global
 from alphatriangle.data.checkpoint.arrays import is_array_leaf
 
 __all__ = ["MAX_TREE_DEPTH", "TreeEncoder", "TreeError", "decode_tree", "unpickle_objects"]
@@ -194,18 +195,26 @@ def _decode_compact(tag: str, body: list[Any], arrays: list[Any]) -> dict[Any, A
 
 
 class _OutOfBandUnpickler(pickle.Unpickler):
-    def __init__(self, stream: io.BytesIO, arrays: list[Any]) -> None:
+    def __init__(self, stream: io.BytesIO, arrays: list[Any], *, restricted: bool) -> None:
         super().__init__(stream)
         self._arrays = arrays
+        self._restricted = restricted
 
     def persistent_load(self, pid: object) -> Any:
         return self._arrays[_index(pid, len(self._arrays), "array")]
 
+    def find_class(self, module: str, name: str) -> Any:
+        if self._restricted:
+            check_global(module, name)  # RefusedGlobal: outside the allow-list
+        return super().find_class(module, name)
 
-def unpickle_objects(data: bytes, arrays: list[Any]) -> list[Any]:
+
+def unpickle_objects(data: bytes, arrays: list[Any], *, restricted: bool = True) -> list[Any]:
     """The objects pickled by :meth:`TreeEncoder.pickle_objects`, with their tensors and
-    arrays put back. This runs the pickle: only for trusted steps (see ``weights_only``)."""
-    result = _OutOfBandUnpickler(io.BytesIO(data), arrays).load()
+    arrays put back. ``restricted``: only the globals ``_safe_unpickling`` admits are built
+    (:class:`~alphatriangle.data.checkpoint._safe_unpickling.RefusedGlobal` otherwise); else
+    the pickle runs as it is, for trusted steps only."""
+    result = _OutOfBandUnpickler(io.BytesIO(data), arrays, restricted=restricted).load()
     if type(result) is not list:
         raise TreeError(f"the pickled objects are a {type(result).__name__}, not a list")
     return result

@@ -10,6 +10,7 @@ from alphatriangle.data import (
     CheckpointNotFoundError,
     LockTimeoutError,
     StepExistsError,
+    UnsafeObjectError,
 )
 
 
@@ -20,6 +21,7 @@ from alphatriangle.data import (
         (CheckpointNotFoundError, FileNotFoundError),
         (StepExistsError, FileExistsError),
         (LockTimeoutError, TimeoutError),
+        (UnsafeObjectError, pickle.UnpicklingError),
     ],
 )
 def test_errors_inherit_their_builtin_and_survive_pickling(

@@ -62,7 +62,8 @@ def test_each_change_of_leaves_is_placed_anew(ckpt_dir: Path, variant: str) -> N
             manager.save(0, _model())
             manager.save(1, changed)
             manager.wait_until_finished()
-            restored = manager.restore(1)["layer4.weight"]
+            # A sparse tensor travels through the pickle: only a trusted restore rebuilds it.
+            restored = manager.restore(1, weights_only=False)["layer4.weight"]
         assert restored.is_sparse and torch.equal(restored.to_dense(), torch.eye(3))
         return
     _save_all(ckpt_dir, [_model(), changed, _model()])
