@@ -1,52 +1,149 @@
 """``alphatriangle ckpt``: list, inspect, verify, prune and export checkpoints.
 
-Every command takes a data root, a run directory or a checkpoint directory, and reads
-without taking the writer lock (``prune --yes`` alone takes it, and refuses while a writer
-holds it). Nothing is unpickled: inspecting an untrusted checkpoint runs none of its code.
+Every command takes PATH first: a data root, a run directory or a checkpoint directory. A
+data root holding several runs: ``list``, ``verify`` and ``prune`` cover every run (or the
+one ``--run`` names); ``inspect`` and ``export`` need ``--run`` to choose. Every command
+reads without taking the writer lock (``prune --yes`` alone takes it, and refuses while a
+writer holds it), and none unpickles anything: inspecting an untrusted checkpoint runs none
+of its code. A user error (no such path, run, step or key, a metric no step logged, an
+unreadable file) is one line on stderr and exit code 1 (2 for a wrong command line), never a
+traceback.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
-ckpt_app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+ckpt_app = typer.Typer(
+    help="List, inspect, verify, prune and export checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 PathArg = Annotated[
     Path, typer.Argument(help="A data root, a run directory or a checkpoint directory.")
 ]
+RunOpt = Annotated[
+    str | None, typer.Option("--run", help="The run to read, when PATH holds several.")
+]
+StepOpt = Annotated[
+    int | None, typer.Option("--step", min=0, help="The step (default: the newest).")
+]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def _checkpoint_dirs(path: Path) -> list[Path]:
+class _UserError(Exception):
+    """A mistake of the caller's: one line on stderr, exit ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(message: object, code: int) -> NoReturn:
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(code)
+
+
+def _user_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``command``, turning the errors a user can cause into one line on stderr."""
+
+    @functools.wraps(command)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return command(*args, **kwargs)
+        except _UserError as exc:
+            _fail(exc, exc.code)
+        except Exception as exc:
+            # Loaded whenever one of its errors was raised (torch with it: not imported here).
+            errors = sys.modules.get("alphatriangle.data.checkpoint.errors")
+            if errors is not None and isinstance(exc, errors.CheckpointError):
+                _fail(exc, 1)  # not found, corrupt, signature, weights only, lock
+            if isinstance(exc, OSError):
+                _fail(exc if exc.filename is None else f"{exc.filename}: {exc.strerror}", 1)
+            raise
+
+    return run
+
+
+# -- which directories ----------------------------------------------------------------------
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    from alphatriangle.data.checkpoint import CheckpointManager, CheckpointManagerOptions
+
+    if path.name == "checkpoints" or (path / ".writer.lock").exists():
+        return True
+    with CheckpointManager(path, CheckpointManagerOptions(read_only=True)) as reader:
+        return bool(reader.all_steps())
+
+
+def _checkpoint_dirs(path: Path, run: str | None = None) -> list[Path]:
     """The checkpoint directories under ``path`` (itself, its ``checkpoints/``, or those of
-    every run under ``runs/``)."""
-    from alphatriangle.data.checkpoint.layout import scan_steps
-
+    every run under ``runs/``), or of the run ``run`` alone."""
     if not path.exists():
-        raise typer.BadParameter(f"{path} does not exist")
-    if scan_steps(path).steps or (path / ".writer.lock").exists():
-        return [path]
-    if (path / "checkpoints").is_dir():
-        return [path / "checkpoints"]
-    runs = path / "runs" if (path / "runs").is_dir() else path
-    found = sorted(p / "checkpoints" for p in runs.iterdir() if (p / "checkpoints").is_dir())
-    if not found:
-        raise typer.BadParameter(f"no checkpoint directory under {path}")
-    return found
+        raise _UserError(f"{path} does not exist", 2)
+    if not path.is_dir():
+        raise _UserError(f"{path} is not a directory", 2)
+    if _is_checkpoint_dir(path):
+        found = [path]
+    elif (path / "checkpoints").is_dir():
+        found = [path / "checkpoints"]
+    else:
+        runs = path / "runs" if (path / "runs").is_dir() else path
+        found = sorted(p / "checkpoints" for p in runs.iterdir() if (p / "checkpoints").is_dir())
+        if not found:
+            raise _UserError(f"no checkpoint directory under {path}", 2)
+    if run is None:
+        return found
+    chosen = [directory for directory in found if directory.parent.name == run]
+    if not chosen:
+        names = ", ".join(directory.parent.name for directory in found)
+        raise _UserError(f"no run {run!r} under {path} (runs: {names})", 2)
+    return chosen
 
 
-def _readers(path: Path) -> Iterator[Any]:
-    from alphatriangle.data import CheckpointManager, CheckpointManagerOptions
+def _one_checkpoint_dir(path: Path, run: str | None) -> Path:
+    found = _checkpoint_dirs(path, run)
+    if len(found) > 1:
+        names = ", ".join(directory.parent.name for directory in found)
+        raise _UserError(f"{path} holds {len(found)} runs ({names}): choose one with --run", 2)
+    return found[0]
 
-    for directory in _checkpoint_dirs(path):
-        with CheckpointManager(directory, CheckpointManagerOptions(read_only=True)) as reader:
+
+def _reader(directory: Path, **options: Any) -> Any:
+    from alphatriangle.data.checkpoint import CheckpointManager, CheckpointManagerOptions
+
+    return CheckpointManager(directory, CheckpointManagerOptions(read_only=True, **options))
+
+
+def _readers(path: Path, run: str | None = None, **options: Any) -> Iterator[Any]:
+    for directory in _checkpoint_dirs(path, run):
+        with _reader(directory, **options) as reader:
             yield reader
+
+
+def _step_or_newest(reader: Any, step: int | None) -> int:
+    if step is not None:
+        return step
+    newest: int | None = reader.latest_step()
+    if newest is None:
+        raise _UserError(f"no committed step in {reader.directory}")
+    return newest
+
+
+# -- list -----------------------------------------------------------------------------------
 
 
 def _pending_uploads(directory: Path) -> set[int] | None:
@@ -62,16 +159,25 @@ def _pending_uploads(directory: Path) -> set[int] | None:
 
 
 @ckpt_app.command("list")
-def list_steps(path: PathArg) -> None:
+@_user_errors
+def list_steps(path: PathArg, run: RunOpt = None) -> None:
     """Every run's committed steps: size, time, metrics, items, upload state."""
-    for reader in _readers(path):
+    from alphatriangle.data.checkpoint import CheckpointError
+
+    bad = 0
+    for reader in _readers(path, run):
         typer.echo(f"{reader.directory}:")
         pending = _pending_uploads(reader.directory)
         steps = reader.all_steps()
         if not steps:
             typer.echo("  no committed steps")
         for step in steps:
-            meta = reader.metadata(step)
+            try:
+                meta = reader.metadata(step)
+            except CheckpointError as exc:
+                bad += 1
+                typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+                continue
             size = sum(f["size"] for f in meta["files"].values())
             when = dt.datetime.fromtimestamp(meta["wall_time"]).isoformat(timespec="seconds")
             upload = "" if pending is None else "pending upload" if step in pending else "uploaded"
@@ -79,92 +185,168 @@ def list_steps(path: PathArg) -> None:
                 f"  {step:>12}  {size / 1e6:10.1f} MB  {when}  items={','.join(meta['items'])}  "
                 f"{json.dumps(meta['metrics'])}  {upload}".rstrip()
             )
+    if bad:
+        raise typer.Exit(code=1)
 
 
-def _jsonable(tree: Any) -> Any:
-    from alphatriangle.data import ArrayMetadata, PickledObject
+# -- inspect --------------------------------------------------------------------------------
+
+
+def _pickled_kinds(step_dir: Path, item: str, files: dict[str, Any]) -> list[str] | None:
+    """What each pickled leaf of ``item`` is, read from its pickle without running it."""
+    from alphatriangle._pickled_types import pickled_types
+
+    name = f"{item}.objects.pkl"
+    if name not in files:
+        return None
+    try:
+        return pickled_types((step_dir / name).read_bytes())
+    except ValueError as exc:
+        raise _UserError(f"{step_dir / name}: {exc}") from None
+
+
+def _jsonable(tree: Any, kinds: list[str] | None) -> Any:
+    from alphatriangle.data.checkpoint import ArrayMetadata, PickledObject
 
     if isinstance(tree, ArrayMetadata):
         return {"array": tree.framework, "dtype": tree.dtype, "shape": list(tree.shape),
                 "nbytes": tree.nbytes, "device": tree.device}  # fmt: skip
     if isinstance(tree, PickledObject):
-        return {"pickled_object": tree.index}
+        kind = kinds[tree.index] if kinds is not None and tree.index < len(kinds) else "?"
+        return {"pickled_object": tree.index, "type": kind}
     if isinstance(tree, dict):
-        return {str(k): _jsonable(v) for k, v in tree.items()}
+        return {str(k): _jsonable(v, kinds) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return [_jsonable(v) for v in tree]
+        return [_jsonable(v, kinds) for v in tree]
     return tree
 
 
+def _leaves(tree: Any, where: str, kinds: list[str] | None) -> Iterator[tuple[str, str]]:
+    """(path, description) of every leaf: arrays by dtype, shape and device, pickled objects
+    by type, scalars and strings by value."""
+    from alphatriangle.data.checkpoint import ArrayMetadata, PickledObject
+
+    if isinstance(tree, ArrayMetadata):
+        yield where, f"{tree.framework} {tree.dtype} {tuple(tree.shape)} on {tree.device}"
+    elif isinstance(tree, PickledObject):
+        kind = kinds[tree.index] if kinds is not None and tree.index < len(kinds) else "?"
+        yield where, f"pickled {kind}"
+    elif isinstance(tree, dict) and tree:
+        for key, value in tree.items():
+            yield from _leaves(value, f"{where}[{key!r}]", kinds)
+    elif isinstance(tree, (list, tuple)) and tree:
+        for index, value in enumerate(tree):
+            yield from _leaves(value, f"{where}[{index}]", kinds)
+    else:
+        yield where, repr(tree)
+
+
 @ckpt_app.command()
+@_user_errors
 def inspect(
-    step: Annotated[int, typer.Argument(help="The step to inspect.")],
     path: PathArg,
+    step: StepOpt = None,
+    run: RunOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """A step's manifest, items, and every tensor and array with its shape and dtype (from
-    the index alone: no data read, nothing unpickled)."""
-    from alphatriangle.data.checkpoint.manager import CheckpointManager
-    from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
-    from alphatriangle.data.checkpoint.reading import read_array_metadata, read_manifest
+    """A step's manifest, its items, and every leaf of each: tensors and arrays with their
+    dtype, shape and device (from the index alone: no data read), pickled objects by type
+    (read from the pickle without running it), scalars and strings by value."""
+    directory = _one_checkpoint_dir(path, run)  # before importing the engine: a quick error
 
-    directory = _checkpoint_dirs(path)[0]
-    with CheckpointManager(directory, CheckpointManagerOptions(read_only=True)) as reader:
+    from alphatriangle.data.checkpoint import step_dir_name
+
+    with _reader(directory) as reader:
+        step = _step_or_newest(reader, step)
         meta = reader.metadata(step)
-    step_dir = directory / f"step_{step:09d}"
-    manifest = read_manifest(step_dir, step)
-    items = {
-        item: _jsonable(read_array_metadata(step_dir, manifest, item)) for item in manifest.items
-    }
-    report = {"step": step, "directory": str(step_dir), "manifest": meta, "items": items}
+        step_dir = reader.directory / step_dir_name(step)
+        trees = {item: reader.array_metadata(step, item=item) for item in meta["items"]}
+        kinds = {item: _pickled_kinds(step_dir, item, meta["files"]) for item in trees}
     if as_json:
+        items = {item: _jsonable(tree, kinds[item]) for item, tree in trees.items()}
+        report = {"step": step, "directory": str(step_dir), "manifest": meta, "items": items}
         typer.echo(json.dumps(report, indent=2, default=str))
         return
     typer.echo(f"step {step} in {step_dir}")
     typer.echo(f"  metrics {json.dumps(meta['metrics'])}; items {', '.join(meta['items'])}")
-    for item, tree in items.items():
+    for item, tree in trees.items():
         typer.echo(f"  {item}:")
-        for where, leaf in _leaves(tree, item):
+        for where, leaf in _leaves(tree, item, kinds[item]):
             typer.echo(f"    {where}: {leaf}")
 
 
-def _leaves(tree: Any, where: str) -> Iterator[tuple[str, str]]:
-    if isinstance(tree, dict) and "array" in tree and "shape" in tree:
-        yield where, f"{tree['array']} {tree['dtype']} {tuple(tree['shape'])} on {tree['device']}"
-    elif isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _leaves(value, f"{where}[{key!r}]")
-    elif isinstance(tree, list):
-        for index, value in enumerate(tree):
-            yield from _leaves(value, f"{where}[{index}]")
+# -- verify ---------------------------------------------------------------------------------
+
+
+def _signing_key(key_file: Path | None) -> bytes | None:
+    if key_file is None:
+        return None
+    key = key_file.read_bytes()
+    if len(key) < 16:
+        raise _UserError(f"{key_file} holds {len(key)} bytes: a signing key has at least 16", 2)
+    return key
 
 
 @ckpt_app.command()
-def verify(path: PathArg) -> None:
-    """Check every file of every step (sizes, checksums, indexes); exit 1 on corruption,
-    naming the file. Nothing is unpickled."""
+@_user_errors
+def verify(
+    path: PathArg,
+    run: RunOpt = None,
+    signing_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--signing-key-file",
+            help="A file whose bytes are the signing key: signatures are checked too.",
+        ),
+    ] = None,
+) -> None:
+    """Check every file of every step (sizes, checksums, indexes) and, with
+    --signing-key-file, every signature; exit 1 naming each corrupt file. Without a key, the
+    signatures of signed steps are not checked, and the output says so. Nothing is
+    unpickled."""
     from rich.progress import Progress
 
-    from alphatriangle.data import CheckpointError
+    from alphatriangle.data.checkpoint import CheckpointError
 
-    bad = 0
-    for reader in _readers(path):
+    key = _signing_key(signing_key_file)
+    bad = unchecked = 0
+    for reader in _readers(path, run, signing_key=key):
         steps = reader.all_steps()
         with Progress(disable=not sys.stderr.isatty(), transient=True) as progress:
             task = progress.add_task(f"verifying {reader.directory}", total=len(steps))
             for step in steps:
                 try:
                     reader.verify(step)
-                    typer.echo(f"{reader.directory.name}/step {step}: ok")
+                    signed = "signature" in reader.metadata(step)
                 except CheckpointError as exc:
                     bad += 1
-                    typer.echo(f"{reader.directory}/step {step}: {exc}", err=True)
+                    typer.echo(
+                        f"{reader.directory}/step {step}: {' '.join(str(exc).split())}", err=True
+                    )
+                else:
+                    note = ""
+                    if key is not None:
+                        note = " (signature verified)"
+                    elif signed:
+                        unchecked += 1
+                        note = " (signed: signature not checked)"
+                    where = f"{reader.directory.parent.name}/{reader.directory.name}"
+                    typer.echo(f"{where}/step {step}: ok{note}")
                 progress.advance(task)
+    if unchecked:
+        typer.echo(
+            f"signatures not checked: {unchecked} signed step(s); pass --signing-key-file "
+            "to check them"
+        )
     if bad:
         raise typer.Exit(code=1)
 
 
+# -- prune ----------------------------------------------------------------------------------
+
+
 @ckpt_app.command()
+@_user_errors
 def prune(  # noqa: PLR0917 - typer maps each option to a parameter
     path: PathArg,
     keep_latest: Annotated[int, typer.Option(min=1, help="Keep the N newest steps.")] = 3,
@@ -172,11 +354,13 @@ def prune(  # noqa: PLR0917 - typer maps each option to a parameter
     metric: Annotated[str, typer.Option(help="The metric --keep-best ranks by.")] = "loss",
     mode: Annotated[str, typer.Option(help="min or max.")] = "min",
     keep_every: Annotated[int, typer.Option(min=0, help="Also keep steps divisible by S.")] = 0,
+    run: RunOpt = None,
     yes: Annotated[bool, typer.Option("--yes", help="Delete; without it, only list.")] = False,
 ) -> None:
-    """List the steps a retention policy would delete; delete them with --yes (refused while
-    a writer holds the directory)."""
-    from alphatriangle.data import (
+    """List the steps a retention policy would delete in every run (or the one --run names);
+    delete them with --yes (refused while a writer holds the directory). The newest step,
+    and the newest holding each item, are always kept."""
+    from alphatriangle.data.checkpoint import (
         CheckpointManager,
         CheckpointManagerOptions,
         KeepAll,
@@ -188,20 +372,21 @@ def prune(  # noqa: PLR0917 - typer maps each option to a parameter
     )
 
     if mode not in ("min", "max"):
-        raise typer.BadParameter("--mode must be min or max")
+        raise _UserError(f"--mode must be min or max, not {mode!r}", 2)
     policy: RetentionPolicy = KeepLatest(keep_latest)
     if keep_best:
         policy |= KeepBest(keep_best, metric, mode)  # type: ignore[arg-type]
     if keep_every:
         policy |= KeepEvery(steps=keep_every)
-    for directory in _checkpoint_dirs(path):
-        with CheckpointManager(directory, CheckpointManagerOptions(read_only=True)) as reader:
-            steps = reader.all_steps()
-            kept = reader.plan_retention(policy)
-        doomed = [s for s in steps if s not in kept]
-        typer.echo(
-            f"{directory}: would delete {doomed or 'nothing'}; keeps {sorted(kept & set(steps))}"
-        )
+    plans = []
+    for reader in _readers(path, run):
+        steps = reader.all_steps()
+        if keep_best and steps and not any(metric in reader.metadata(s)["metrics"] for s in steps):
+            raise _UserError(f"no step of {reader.directory} logged the metric {metric!r}")
+        kept = reader.plan_retention(policy)
+        plans.append((reader.directory, [s for s in steps if s not in kept], kept & set(steps)))
+    for directory, doomed, kept in plans:
+        typer.echo(f"{directory}: would delete {doomed or 'nothing'}; keeps {sorted(kept)}")
         if not yes or not doomed:
             continue
         try:
@@ -209,48 +394,94 @@ def prune(  # noqa: PLR0917 - typer maps each option to a parameter
                 directory, CheckpointManagerOptions(retention=KeepAll(), lock_timeout_s=0)
             )
         except LockTimeoutError as exc:
-            typer.echo(f"refused: {exc}", err=True)
-            raise typer.Exit(code=1) from None
+            raise _UserError(f"refused: {exc}") from None
         with writer:
             for step in doomed:
                 writer.delete(step)
         typer.echo(f"deleted {doomed}")
 
 
+# -- export ---------------------------------------------------------------------------------
+
+
+def _weights_location(reader: Any, step: int, key: str | None) -> tuple[str, tuple[Any, ...]]:
+    """(item, path of keys) of the model weights in ``step``: ``key`` (``[ITEM:]a.b``), else
+    the DataManager's checkpoint, else the ``model`` of the step's first item."""
+    items = reader.metadata(step)["items"]
+    if key is None:
+        if "checkpoint" in items:
+            return "checkpoint", ("fields", "model_state_dict")
+        return items[0], ("model",)
+    item, _, dotted = key.rpartition(":")
+    item = item or ("state" if "state" in items else items[0])
+    if item not in items:
+        raise _UserError(f"step {step} has no item {item!r} (it has {', '.join(items)})")
+    return item, tuple(dotted.split("."))
+
+
+def _subtree(tree: Any, keys: tuple[Any, ...], step: int, item: str) -> Any:
+    node = tree
+    for depth, key in enumerate(keys):
+        where = ".".join(str(k) for k in keys[: depth + 1])
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, (list, tuple)) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            found = ", ".join(map(str, node)) if isinstance(node, dict) else type(node).__name__
+            raise _UserError(
+                f"step {step}, item {item!r} has no key {where!r} (there: {found}); name the "
+                "model's weights with --key"
+            )
+    return node
+
+
 @ckpt_app.command()
+@_user_errors
 def export(
-    step: Annotated[int, typer.Argument(help="The step whose model weights to export.")],
+    path: PathArg,
     out: Annotated[
         Path,
         typer.Argument(help="The file to write: *.safetensors, else a torch.save state dict."),
     ],
-    path: PathArg,
+    step: StepOpt = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="Where the weights are, as ITEM:a.b or a.b (default: the DataManager's "
+            "checkpoint, else model).",
+        ),
+    ] = None,
+    run: RunOpt = None,
 ) -> None:
-    """Write the model weights of a step to a file other tools load without this package:
-    safetensors when OUT ends in ``.safetensors`` (needs the ``safetensors`` package), else
-    a state dict that ``torch.load(..., weights_only=True)`` reads. Nothing is unpickled."""
+    """Write the model weights of a step (the newest by default) to a file other tools load
+    without this package: safetensors when OUT ends in .safetensors (needs the safetensors
+    package), else a state dict that torch.load(..., weights_only=True) reads. Nothing is
+    unpickled."""
     import torch
 
-    from alphatriangle.data import CheckpointManager, CheckpointManagerOptions
+    from alphatriangle.data.checkpoint import ArrayMetadata
 
-    directory = _checkpoint_dirs(path)[0]
-    options = CheckpointManagerOptions(read_only=True, weights_only=True)
-    with CheckpointManager(directory, options) as reader:
-        items = reader.metadata(step)["items"]
-        if "checkpoint" in items:
-            tree = reader.restore(step, item="checkpoint", select=[("fields", "model_state_dict")])
-            weights = tree["fields"]["model_state_dict"]
-        else:
-            tree = reader.restore(step, select=["model"])
-            weights = tree["model"]
-    tensors = {k: v.detach().contiguous().clone() for k, v in weights.items()}
+    with _reader(_one_checkpoint_dir(path, run), weights_only=True) as reader:
+        step = _step_or_newest(reader, step)
+        item, keys = _weights_location(reader, step, key)
+        weights_meta = _subtree(reader.array_metadata(step, item=item), keys, step, item)
+        if not isinstance(weights_meta, dict) or not all(
+            isinstance(v, ArrayMetadata) for v in weights_meta.values()
+        ):
+            raise _UserError(
+                f"step {step}, item {item!r}, key {'.'.join(keys)!r} is not a dict of tensors"
+            )
+        tree = reader.restore(step, item=item, select=[keys])
+    weights = _subtree(tree, keys, step, item)
+    tensors = {str(k): torch.as_tensor(v).detach().contiguous().clone() for k, v in weights.items()}
     if out.suffix == ".safetensors":
         try:
             from safetensors.torch import save_file
         except ImportError:
-            typer.echo("error: writing .safetensors needs `pip install safetensors`", err=True)
-            raise typer.Exit(code=1) from None
+            raise _UserError("writing .safetensors needs `pip install safetensors`") from None
         save_file(tensors, str(out))
     else:
         torch.save(tensors, out)
-    typer.echo(f"wrote {len(weights)} tensors of step {step} to {out}")
+    typer.echo(f"wrote {len(tensors)} tensors of step {step} to {out}")
