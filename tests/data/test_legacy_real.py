@@ -6,6 +6,7 @@ the config field."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from alphatriangle.config import EnvConfig, ModelConfig, RunConfigs, TrainConfig
 from alphatriangle.data.legacy import load_legacy_buffer, load_legacy_checkpoint
 from alphatriangle.nn import NeuralNetwork
 from alphatriangle.rl.core import ExperienceBuffer
+from alphatriangle.training.learner import Learner
 from alphatriangle.training.resume import (
     check_weights_fit,
     configs_of_checkpoint,
     optimizer_type_of,
+    position_scheduler,
 )
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "alphatriangle-1.0.0-real"
@@ -119,3 +122,26 @@ def test_weights_that_do_not_fit_name_the_field(fields: dict[str, Any], named: s
     network = NeuralNetwork(model, env, TrainConfig(), device="cpu")
     check_weights_fit(network, checkpoint.model_state_dict, "the checkpoint")
     network.set_weights(checkpoint.model_state_dict)
+
+
+def test_the_optimizer_state_loads_and_the_schedule_goes_on_from_the_step() -> None:
+    checkpoint = _checkpoint()
+    resumed, _ = configs_of_checkpoint(RunConfigs(), checkpoint, RUN / "configs.json")
+    network = NeuralNetwork(resumed.model, resumed.env, resumed.train, device="cpu")
+    network.set_weights(checkpoint.model_state_dict)
+    learner = Learner(network, resumed.train)
+    learner.optimizer.load_state_dict(checkpoint.optimizer_state_dict)
+    assert type(learner.optimizer).__name__ == EXPECTED["optimizer"]
+    assert len(learner.optimizer.state) == EXPECTED["optimizer_state_entries"]
+    scheduler = learner.scheduler
+    assert type(scheduler).__name__ == EXPECTED["scheduler"]
+    position_scheduler(scheduler, learner.optimizer, checkpoint.global_step)
+
+    def cosine(step: int) -> float:  # 1.0.0's schedule: T_max 1000, 2e-4 down to 1e-6
+        return 1e-6 + (2e-4 - 1e-6) * (1 + math.cos(math.pi * step / 1000)) / 2
+
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(6), rel=1e-9)
+    for step in (7, 8):
+        learner.optimizer.step()
+        scheduler.step()
+        assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(cosine(step), rel=1e-9)
