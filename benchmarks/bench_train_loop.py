@@ -4,7 +4,7 @@ checkpointing off, end to end (``alphatriangle train``'s loop, Ray workers inclu
     python benchmarks/bench_train_loop.py [--steps 800] [--repeats 3]
 
 Each repeat trains a fresh run to ``--steps`` twice, interleaved: without saving anything
-(the run's metrics still go to MLflow), and with checkpointing on the embedded defaults
+(the run's metrics still go to MLflow), and with checkpointing on the quick preset
 (checkpoint every 100 steps, buffer every 1000, a final save of both that is waited for,
 each step uploaded to the local MLflow store). Learner throughput is steps over the time
 from the first learner step to the end (the final commit included); the learner shares the
@@ -25,6 +25,7 @@ from _common import report
 
 from alphatriangle.config import RunConfigs
 from alphatriangle.training import run_training
+from alphatriangle.training.presets import preset_path
 
 OPTIONS = {"steps": 800, "repeats": 3}
 
@@ -37,6 +38,7 @@ def _run(root: Path, steps: int, checkpointing: bool) -> tuple[float, list[float
             "RUN_NAME": "bench",
             "MAX_TRAINING_STEPS": steps,
         },
+        preset=preset_path("quick"),
     )
     summary = run_training(
         configs, interactive=False, checkpointing=checkpointing, echo=lambda _: None
