@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from alphatriangle.data.checkpoint._devices import DeviceMap
+from alphatriangle.data.checkpoint._fill import restore_into
 from alphatriangle.data.checkpoint.commit import (
     commit_step_dir,
     create_directory_durably,
@@ -79,6 +80,7 @@ class _Reading:
     weights_only: bool | None
     select: list[Selector] | None
     item: str = "state"
+    target: Any = None  # restore(target=...): filled in place
 
 
 class CheckpointManager:
@@ -480,6 +482,7 @@ class CheckpointManager:
         weights_only: bool | None = None,
         select: Sequence[Selector] | Selector | None = None,
         item: str = DEFAULT_ITEM,
+        target: Any = None,
     ) -> Any:
         """The state tree saved as ``step`` (the newest committed step when None).
 
@@ -507,6 +510,12 @@ class CheckpointManager:
         With a ``signing_key`` in the options, an unsigned or tampered step raises
         :class:`CheckpointSignatureError` (a corrupt step, for ``fallback``).
 
+        With ``target`` (a tree shaped like the saved one: same keys, lengths, shapes and
+        dtypes), its tensors and arrays are filled in place, each on its own device, with no
+        new allocation for them; its other leaves are set; ``target`` is returned (a tuple
+        is rebuilt). A key, length, shape or dtype that differs raises
+        :class:`CheckpointError` naming the key, before anything is written.
+
         With ``select`` (top-level keys, or tuples of keys for deeper paths, e.g.
         ``["model"]``; a bare ``"model"`` is one key), only those subtrees are read, returned
         as nested dicts along their paths; each of their arrays is read alone and verified by
@@ -518,8 +527,14 @@ class CheckpointManager:
             weights_only = self.options.weights_only
         if isinstance(select, (str, int)):
             select = [select]  # one key, never read letter by letter
+        if target is not None and (select is not None or map_location is not None):
+            raise ValueError("target is filled where its tensors are: no select, no map_location")
         reading = _Reading(
-            DeviceMap(map_location), weights_only, None if select is None else list(select), item
+            DeviceMap(map_location),
+            weights_only,
+            None if select is None else list(select),
+            item,
+            target,
         )
         if not fallback:
             return self._restore(step, reading)
@@ -581,6 +596,16 @@ class CheckpointManager:
                             step=candidate,
                         )
                     verify = self.options.verify_on_restore
+                    if reading.target is not None:
+                        return restore_into(
+                            reading.target,
+                            step_dir,
+                            manifest,
+                            reading.item,
+                            verify=verify,
+                            weights_only=reading.weights_only,
+                            signing_key=key,
+                        )
                     if reading.select is not None:
                         return read_selected(
                             step_dir,

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import xxhash
 
+from alphatriangle.data.checkpoint._array_checks import ArrayChecks
 from alphatriangle.data.checkpoint._devices import DeviceMap
 from alphatriangle.data.checkpoint._safe_unpickling import RefusedGlobal, unsafe_object_error
 from alphatriangle.data.checkpoint.arrays import GRAD_DTYPES, TORCH_DTYPES, ArraySpec, numpy_dtype
@@ -585,6 +586,21 @@ def _object_paths(node: Any, where: str, found: list[str]) -> None:
                 _object_paths(pair[1], f"{where}[{pair[0]!r}]", found)
 
 
+def refuse_objects(step_dir: Path, manifest: Manifest, item: str, tree: Any) -> None:
+    """Raise :class:`WeightsOnlyError` naming where pickled objects sit, if the item has any
+    (``weights_only=True``)."""
+    objects_name = f"{item}.objects.pkl"
+    if objects_name in manifest.files:
+        where: list[str] = []
+        _object_paths(tree, item, where)
+        raise WeightsOnlyError(
+            f"step {manifest.step} holds pickled objects ({', '.join(where) or objects_name}) "
+            f"in {step_dir / objects_name}; weights_only=True refuses to unpickle them",
+            path=step_dir / objects_name,
+            step=manifest.step,
+        )
+
+
 def _array_in(arena: np.ndarray[Any, np.dtype[np.uint8]], spec: ArraySpec) -> Any:
     """The array ``spec`` describes, as a view of ``arena`` (the data file's bytes).
 
@@ -678,15 +694,8 @@ def read_item(
     index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
     tree, specs = index.tree, index.specs
     objects_name = f"{item}.objects.pkl"
-    if weights_only and objects_name in manifest.files:
-        where: list[str] = []
-        _object_paths(tree, item, where)
-        raise WeightsOnlyError(
-            f"step {manifest.step} holds pickled objects ({', '.join(where) or objects_name}) "
-            f"in {step_dir / objects_name}; weights_only=True refuses to unpickle them",
-            path=step_dir / objects_name,
-            step=manifest.step,
-        )
+    if weights_only:
+        refuse_objects(step_dir, manifest, item, tree)
     if arena is None:
         arena = _read_data(step_dir, manifest, data_name, verify=verify, signed=signed)
     try:
@@ -1018,20 +1027,9 @@ class _ArrayReader(list[Any]):
                 runs.append([position])
         total = sum(_end(specs[r[-1]]) - specs[r[0]].offset for r in runs)
         arena = np.empty(total, dtype=np.uint8)
-        hashing: queue.SimpleQueue[tuple[int, memoryview] | None] = queue.SimpleQueue()
-        mismatches: list[int] = []
-
-        def check() -> None:
-            while (entry := hashing.get()) is not None:
-                position, view = entry
-                if xxhash.xxh3_64_hexdigest(view) != self._index.checksums[position]:
-                    mismatches.append(position)
-
-        checker = threading.Thread(target=check, name="checksum", daemon=True)
-        if self._verify:
-            checker.start()
+        checks = ArrayChecks(self._index.checksums, enabled=self._verify)
         start = 0
-        views: dict[int, tuple[memoryview, np.ndarray[Any, np.dtype[np.uint8]]]] = {}
+        views: dict[int, np.ndarray[Any, np.dtype[np.uint8]]] = {}
         try:
             for run in runs:
                 first = specs[run[0]].offset
@@ -1040,20 +1038,26 @@ class _ArrayReader(list[Any]):
                 self._pread(region.data, first)
                 for position in run:
                     offset = specs[position].offset - first
-                    piece = region[offset : offset + specs[position].nbytes]
-                    views[position] = (piece.data, piece)
-                    if self._verify:
-                        hashing.put((position, piece.data))
+                    views[position] = region[offset : offset + specs[position].nbytes]
+                    checks.put(position, views[position].data)
                 start += length
         finally:
-            if self._verify:
-                hashing.put(None)
-                checker.join()
-        if mismatches:
-            why = f"checksum mismatch ({CHECKSUM}) of array {min(mismatches)}"
-            raise _corrupt(self._path, self._step, why)
-        for position, (_, piece) in views.items():
+            failed = checks.finish()
+        if failed is not None:
+            self.refuse(failed)
+        for position, piece in views.items():
             self._loaded[position] = self._build(position, piece)
+
+    def refuse(self, position: int) -> None:
+        """Raise the corruption of array ``position``, whose checksum did not match."""
+        why = f"checksum mismatch ({CHECKSUM}) of array {position}"
+        raise _corrupt(self._path, self._step, why)
+
+    def read_into(self, position: int, view: memoryview, checks: ArrayChecks) -> None:
+        """Read the bytes of array ``position`` (not a view) into ``view`` and hand them to
+        ``checks``."""
+        self._pread(view, self._index.specs[position].offset)
+        checks.put(position, view)
 
     def _pread(self, view: memoryview, offset: int) -> None:
         filled = 0
@@ -1084,8 +1088,7 @@ class _ArrayReader(list[Any]):
         self._pread(buffer.data, spec.offset)
         expected = self._index.checksums[position]
         if self._verify and xxhash.xxh3_64_hexdigest(buffer.data) != expected:
-            why = f"checksum mismatch ({CHECKSUM}) of array {position}"
-            raise _corrupt(self._path, self._step, why)
+            self.refuse(position)
         self._loaded[position] = self._build(position, buffer)
         return self._loaded[position]
 

@@ -1,0 +1,283 @@
+"""In-place restore: one item of a step read into a template tree the caller owns.
+
+``restore(step, target=tree)`` runs 1) plan: the item's index and tree are read and matched
+against ``tree`` (keys, lengths, kinds, shapes and dtypes), naming the first key that differs
+in a :class:`CheckpointError` before anything of ``tree`` is written 2) fill: each tensor and
+array of ``tree`` receives its bytes in place, on its own device, with no new allocation for
+it: a contiguous CPU target is read into directly (``pread``) while a second thread checks
+each array's checksum; other targets (CUDA, non-contiguous, views in the step) are read apart
+and ``copy_``-ed 3) set: the other leaves (scalars, strings, unpickled objects) are put into
+their containers (a tuple, being immutable, is rebuilt), and ``tree`` is returned.
+
+Verification is that of a restore: every byte used is checked (per-array checksums; a step
+written without them, or a signed step, is read whole and verified as ``read_item`` does,
+then copied in). On a corrupt step the arrays of ``tree`` may hold part of its bytes.
+
+The plan is a list of (target leaf, array position): a later planner for sharded tensors
+(DTensor) can produce its own entries and reuse the fill.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alphatriangle.data.checkpoint._array_checks import ArrayChecks
+from alphatriangle.data.checkpoint.arrays import TORCH_DTYPES, ArraySpec
+from alphatriangle.data.checkpoint.errors import CheckpointError
+from alphatriangle.data.checkpoint.format import Manifest
+from alphatriangle.data.checkpoint.reading import (
+    PickledObject,
+    _ArrayReader,
+    _corrupt,
+    _Index,
+    _open_regular,
+    _PickledPlaceholders,
+    _read_index,
+    _unpickle,
+    read_item,
+    refuse_objects,
+)
+from alphatriangle.data.checkpoint.tree import TreeError, decode_tree
+
+__all__ = ["restore_into"]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Stands for array ``position`` of the item while the trees are matched."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class _Where:
+    step_dir: Path
+    step: int
+    item: str
+
+    def mismatch(self, path: str, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"restore(target=...): {path} {why} (step {self.step}, item {self.item!r})",
+            path=self.step_dir,
+            step=self.step,
+        )
+
+
+@dataclass
+class _Plan:
+    """What to fill: (target leaf, array position) pairs, found by matching the trees."""
+
+    specs: list[ArraySpec]
+    where: _Where
+    fills: list[tuple[torch.Tensor | np.ndarray[Any, Any], int]] = field(default_factory=list)
+
+    def match(self, target: Any, stored: Any, path: str) -> None:
+        """Check that ``target`` has the shape of ``stored``; collect the arrays to fill."""
+        if isinstance(stored, _Slot):  # a DTensor planner would plan its shards here
+            self.match_array(target, stored.position, path)
+            return
+        if isinstance(target, (torch.Tensor, np.ndarray)):
+            raise self.where.mismatch(
+                path, f"is a {type(target).__name__}, the step holds {_describe(stored)} there"
+            )
+        if isinstance(stored, dict):
+            if not isinstance(target, MutableMapping):
+                raise self.where.mismatch(
+                    path, f"is a {type(target).__name__}, the step holds a dict"
+                )
+            for key in stored:
+                if key not in target:
+                    raise self.where.mismatch(f"{path}[{key!r}]", "is missing from the target")
+            for key in target:
+                if key not in stored:
+                    raise self.where.mismatch(f"{path}[{key!r}]", "is not in the step")
+            for key, value in stored.items():
+                self.match(target[key], value, f"{path}[{key!r}]")
+        elif isinstance(stored, (list, tuple)):
+            kind = type(stored).__name__
+            if not isinstance(target, (list, tuple)) or len(target) != len(stored):
+                raise self.where.mismatch(
+                    path,
+                    f"is {_describe(target)} of length {_length(target)}, the step holds a "
+                    f"{kind} of length {len(stored)}",
+                )
+            for i, (mine, theirs) in enumerate(zip(target, stored, strict=True)):
+                self.match(mine, theirs, f"{path}[{i}]")
+        elif isinstance(stored, PickledObject):
+            pass  # an unpickled object replaces whatever the target holds there
+        elif isinstance(target, (MutableMapping, list, tuple)):
+            raise self.where.mismatch(
+                path, f"is a {type(target).__name__}, the step holds {_describe(stored)}"
+            )
+
+    def match_array(self, target: Any, position: int, path: str) -> None:
+        spec = self.specs[position]
+        shape = tuple(spec.shape)
+        if spec.framework == "torch":
+            if not isinstance(target, torch.Tensor):
+                raise self.where.mismatch(path, f"is {_describe(target)}, the step holds a tensor")
+            dtype: object = TORCH_DTYPES[spec.dtype]
+            mine: tuple[object, tuple[int, ...]] = (target.dtype, tuple(target.shape))
+        else:
+            if not isinstance(target, np.ndarray):
+                raise self.where.mismatch(
+                    path, f"is {_describe(target)}, the step holds a numpy array"
+                )
+            dtype = np.dtype(spec.dtype)
+            mine = (target.dtype, tuple(target.shape))
+        if mine != (dtype, shape):
+            raise self.where.mismatch(
+                path,
+                f"is {mine[0]} of shape {mine[1]} in the target, "
+                f"{dtype} of shape {shape} in the step",
+            )
+        if isinstance(target, np.ndarray) and not target.flags.writeable:
+            raise self.where.mismatch(path, "is a read-only numpy array: it cannot be filled")
+        self.fills.append((target, position))
+
+
+def restore_into(
+    target: Any,
+    step_dir: Path,
+    manifest: Manifest,
+    item: str,
+    *,
+    verify: bool,
+    weights_only: bool | None,
+    signing_key: bytes | None,
+) -> Any:
+    """Fill ``target`` from ``item`` of the step (see the module docstring); returns it."""
+    signed = signing_key is not None
+    index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    where = _Where(step_dir, manifest.step, item)
+    slots = [_Slot(p) for p in range(len(index.specs))]
+    has_objects = f"{item}.objects.pkl" in manifest.files
+    try:
+        stored = decode_tree(index.tree, slots, _PickledPlaceholders() if has_objects else None)
+    except TreeError as exc:
+        raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+    plan = _Plan(index.specs, where)
+    plan.match(target, stored, item)
+    if weights_only:
+        refuse_objects(step_dir, manifest, item, index.tree)
+    if signed or (verify and any(index.checksums[p] is None for _, p in plan.fills)):
+        # The whole item, verified as a plain restore does, then copied in.
+        whole = read_item(
+            step_dir,
+            manifest,
+            item,
+            verify=verify,
+            weights_only=weights_only,
+            signing_key=signing_key,
+            mode="mmap",
+        )
+        with torch.no_grad():
+            return _set_leaves(target, whole, copy=True)
+    data_path = step_dir / f"{item}.data"
+    fd, size = _open_regular(data_path, manifest.step)
+    try:
+        listed = manifest.files[f"{item}.data"]["size"]
+        if size != listed:
+            raise _corrupt(data_path, manifest.step, f"size {size} bytes, manifest says {listed}")
+        arrays = _ArrayReader(
+            fd, data_path, index, manifest.step, finish=lambda t, _: t, verify=verify
+        )
+        _fill(plan, index, arrays, verify=verify)
+        objects = None
+        if has_objects:
+            objects = _unpickle(
+                step_dir,
+                manifest,
+                f"{item}.objects.pkl",
+                arrays,
+                verify=verify,
+                signed=False,
+                restricted=weights_only is None,
+            )
+    finally:
+        os.close(fd)
+    values = decode_tree(index.tree, slots, objects)
+    return _set_leaves(target, values, copy=False)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, _Slot):
+        return "a tensor or array"
+    if isinstance(value, PickledObject):
+        return "a pickled object"
+    return type(value).__name__
+
+
+def _length(value: object) -> str:
+    return str(len(value)) if isinstance(value, (list, tuple)) else "-"
+
+
+def _direct_view(target: torch.Tensor | np.ndarray[Any, Any]) -> memoryview | None:
+    """The bytes of ``target`` to read into, when it is a contiguous CPU leaf; else None."""
+    if isinstance(target, np.ndarray):
+        if not target.flags.c_contiguous:
+            return None
+        return target.reshape(-1).view(np.uint8).data
+    if target.device.type != "cpu" or not target.is_contiguous():
+        return None
+    raw = target.detach().reshape(-1).view(torch.uint8)
+    return raw.numpy().data
+
+
+def _fill(plan: _Plan, index: _Index, arrays: _ArrayReader, *, verify: bool) -> None:
+    """Read every planned array into its target (in file order), checked beside the reads."""
+    specs = index.specs
+    direct, apart = [], []
+    for target, position in plan.fills:
+        view = None if specs[position].view_of is not None else _direct_view(target)
+        if view is not None and view.nbytes == specs[position].nbytes:
+            direct.append((specs[position].offset, position, view))
+        else:
+            apart.append((target, position))
+    checks = ArrayChecks(index.checksums, enabled=verify)
+    try:
+        for _, position, view in sorted(direct, key=lambda entry: entry[0]):
+            if view.nbytes:
+                arrays.read_into(position, view, checks)
+    finally:
+        failed = checks.finish()
+    if failed is not None:
+        arrays.refuse(failed)
+    with torch.no_grad():
+        for target, position in apart:
+            _copy_into(target, arrays[position])
+
+
+def _copy_into(target: Any, source: Any) -> None:
+    if isinstance(target, np.ndarray):
+        np.copyto(target, source, casting="no")
+    else:
+        target.copy_(source)
+
+
+def _set_leaves(target: Any, values: Any, *, copy: bool) -> Any:
+    """Put ``values`` (a tree shaped like ``target``, checked) into ``target``: arrays are
+    copied in when ``copy`` (else they were filled already), other leaves are set."""
+    if isinstance(target, (torch.Tensor, np.ndarray)):
+        if copy:
+            _copy_into(target, values)
+        return target
+    if isinstance(values, dict) and isinstance(target, MutableMapping):
+        for key, value in values.items():
+            target[key] = _set_leaves(target[key], value, copy=copy)
+        return target
+    if isinstance(values, (list, tuple)) and isinstance(target, list):
+        for i, value in enumerate(values):
+            target[i] = _set_leaves(target[i], value, copy=copy)
+        return target
+    if isinstance(values, (list, tuple)) and isinstance(target, tuple):
+        filled = [_set_leaves(t, v, copy=copy) for t, v in zip(target, values, strict=True)]
+        return tuple(filled) if type(target) is tuple else type(target)(*filled)
+    return values  # a scalar, a string or an unpickled object: set as the step holds it
