@@ -122,7 +122,7 @@ def test_a_corrupt_array_is_refused(ckpt_dir: Path) -> None:
     data[100] ^= 0xFF
     manifest_only = {"state.data": bytes(data)}  # whole-file xxh3 recomputed, not the array's
     forge_step(step_dir, files=manifest_only)
-    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(read_only=True)) as reader:
-        with pytest.raises(CheckpointCorruptError, match="array 0") as info:
-            reader.restore(0, target=_zeros_like(state))
+    reader = CheckpointManager(ckpt_dir, CheckpointManagerOptions(read_only=True))
+    with reader, pytest.raises(CheckpointCorruptError, match="array 0") as info:
+        reader.restore(0, target=_zeros_like(state))
     assert info.value.path == str(step_dir / "state.data")
