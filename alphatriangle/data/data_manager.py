@@ -345,7 +345,7 @@ class DataManager:
     def best_step(self, run_name: str | None = None) -> int | None:
         """The best committed step of ``run_name`` (this run when None): the newest saved
         with ``is_best=True``, else the best by ``BEST_METRIC`` / ``BEST_MODE`` (NaN and
-        infinities rank nowhere); None when no step is flagged or ranked."""
+        infinities are never the best); None when no step is flagged or ranked."""
         with self._reading(run_name) as reader:
             return best_step(reader)
 
