@@ -545,3 +545,18 @@ def test_save_training_state_takes_modules_plain_stats_and_networks(tmp_path: Pa
     assert data is not None
     assert data.model_config_dict["CONV_FILTERS"] == ModelConfig().CONV_FILTERS
     assert data.env_config_dict and set(data.model_state_dict) == set(network.model.state_dict())
+
+
+def test_help_of_load_initial_state_states_the_resume_rules() -> None:
+    import pydoc
+
+    text = pydoc.render_doc(DataManager.load_initial_state, renderer=pydoc.plaintext)
+    for rule in (
+        "LOAD_CHECKPOINT_PATH",
+        "newest committed step",
+        "MLflow",
+        "AUTO_RESUME_LATEST",
+        "fresh start",
+        "never a silent fresh start",
+    ):
+        assert rule in text, rule
