@@ -9,7 +9,7 @@ as 1.0.0 kept it: the tree in a numpy array and each new experience given the hi
 priority (``np.max`` over the leaves, per experience). A second, idealised baseline keeps
 the tree in a Python list and gives new experiences a constant priority (no max): the
 fastest a per-experience Python buffer can be. Ours: ``ExperienceBuffer`` with
-prioritised replay. Both hold the same experiences of the 1.0.0 shapes (grid (2, 8, 15),
+prioritised replay. Both hold the same experiences of the 1.0.0 shapes (grid (1, 8, 15),
 30 other features, 360 actions). Memory: the resident size the buffer added, against the
 raw bytes of its columns.
 """
@@ -73,7 +73,7 @@ class PythonSumTree:
 def _columns(count: int, rng: np.random.Generator) -> ColumnarBatch:
     policy = rng.random((count, 360), dtype=np.float32)
     return ColumnarBatch(
-        grid=rng.random((count, 2, 8, 15), dtype=np.float32),
+        grid=rng.random((count, 1, 8, 15), dtype=np.float32),
         other_features=rng.random((count, 30), dtype=np.float32),
         policy_target=policy / policy.sum(axis=1, keepdims=True),
         value_target=rng.standard_normal(count),

@@ -44,7 +44,7 @@ def _fill(buffer: ExperienceBuffer, count: int, entries: int, rng: np.random.Gen
             policy[row, rng.choice(360, entries, replace=False)] = 1.0 / entries
         buffer.add_batch(
             ColumnarBatch(
-                grid=rng.random((n, 2, 8, 15), dtype=np.float32),
+                grid=rng.random((n, 1, 8, 15), dtype=np.float32),
                 other_features=rng.random((n, 30), dtype=np.float32),
                 policy_target=policy,
                 value_target=rng.standard_normal(n),
@@ -82,7 +82,7 @@ def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
     )  # fmt: skip
     nn = NeuralNetwork(ModelConfig(), EnvConfig(), train, torch.device("cpu"))
     optimizer = torch.optim.Adam(nn.model.parameters())
-    nn.model(torch.zeros(2, 2, 8, 15), torch.zeros(2, 30))[0].sum().backward()  # type: ignore[no-untyped-call]
+    nn.model(torch.zeros(2, 1, 8, 15), torch.zeros(2, 30))[0].sum().backward()  # type: ignore[no-untyped-call]
     optimizer.step()  # Adam's moments exist
     buffer = ExperienceBuffer(train)
     _fill(buffer, args.experiences, args.policy_entries, rng)
