@@ -3,7 +3,10 @@
 - The writer lock (``filelock``, an ``flock`` on ``.writer.lock`` inside the directory): one
   writer per directory for its lifetime. The kernel drops it when the holder dies, SIGKILL
   included, so a crashed writer never leaves a stale lock. Who holds it is written beside it
-  (``.writer.json``: pid, host, since) and named in the error a second writer gets.
+  (``.writer.json``: pid, host, since) and named in the error a second writer gets. Within
+  one process the locks held are also kept in a table, so a second writer of the same
+  directory in the same process is refused at once, saying so (no wait for a lock that the
+  process itself holds).
 - Reader leases: a reader holds a shared ``flock`` on the step *directory* it is reading; the
   deleter takes the directory only with a non-blocking exclusive ``flock``, and skips a step it
   cannot take. A lease therefore creates no file: readers modify nothing.
@@ -22,6 +25,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +46,11 @@ LOCK_NAME = ".writer.lock"
 HOLDER_NAME = ".writer.json"
 
 
+# The directories (device, inode) whose writer lock this process holds.
+_held_here: set[tuple[int, int]] = set()
+_held_here_lock = threading.Lock()
+
+
 class WriterLock:
     """The exclusive writer lock of one directory."""
 
@@ -50,26 +59,48 @@ class WriterLock:
         self.timeout = timeout
         # thread_local=False: close() may run on another thread than the constructor.
         self._lock = filelock.FileLock(directory / LOCK_NAME, thread_local=False)
+        self._key: tuple[int, int] | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`LockTimeoutError` naming the holder."""
+        """Take the lock or raise :class:`LockTimeoutError` naming the holder: at once when
+        a writer of this process holds it, else after ``timeout``."""
+        info = self.directory.stat()
+        key = (info.st_dev, info.st_ino)
+        with _held_here_lock:
+            if key in _held_here:
+                raise LockTimeoutError(
+                    f"{self.directory} is already open for writing in this process (pid "
+                    f"{os.getpid()}): close() that CheckpointManager first (or drop it), or "
+                    "open this one with read_only=True to read.",
+                    path=self.directory,
+                )
+            _held_here.add(key)
         try:
             self._lock.acquire(timeout=self.timeout)
-        except filelock.Timeout:
-            raise LockTimeoutError(
-                f"{self.directory} is locked by another writer ({self.holder()}); "
-                f"gave up after {self.timeout:g} s. Open it with read_only=True to read, or "
-                "stop the other writer.",
-                path=self.directory,
-            ) from None
+        except BaseException as exc:
+            with _held_here_lock:
+                _held_here.discard(key)
+            if isinstance(exc, filelock.Timeout):
+                raise LockTimeoutError(
+                    f"{self.directory} is locked by another writer ({self.holder()}); "
+                    f"gave up after {self.timeout:g} s. Open it with read_only=True to read, "
+                    "or stop the other writer.",
+                    path=self.directory,
+                ) from None
+            raise
+        self._key = key
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         temporary = self.directory / f"{HOLDER_NAME}.{os.getpid()}.tmp"
-        temporary.write_text(json.dumps(record))
-        temporary.replace(self.directory / HOLDER_NAME)
+        try:
+            temporary.write_text(json.dumps(record))
+            temporary.replace(self.directory / HOLDER_NAME)
+        except BaseException:
+            self.release()
+            raise
 
     def holder(self) -> str:
         """Who holds the lock, as its holder wrote it; "unknown holder" if unreadable."""
@@ -80,10 +111,15 @@ class WriterLock:
             return "unknown holder"
 
     def release(self) -> None:
+        """Release the lock (nothing when it is not held); idempotent."""
         if self._lock.is_locked:
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / HOLDER_NAME).unlink()
             self._lock.release(force=True)
+        if self._key is not None:
+            with _held_here_lock:
+                _held_here.discard(self._key)
+            self._key = None
 
 
 class StepGoneError(Exception):

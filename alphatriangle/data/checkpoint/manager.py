@@ -8,11 +8,12 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
 __all__ = ["CheckpointManager"]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_ITEM = "state"
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")  # as reading.py admits
@@ -143,10 +145,16 @@ class CheckpointManager:
             self._sync = MlflowSync(
                 self.directory,
                 self.options.mlflow,
-                committed_steps=self.all_steps,
-                best_step=self.best_step,
+                committed_steps=_weakly(self.all_steps, []),
+                best_step=_weakly(self.best_step, None),
                 on_failure=self._writer.record,
             )
+        if self._lock is not None:
+            # A manager dropped without close() (a notebook cell run again) frees its lock.
+            self._finalizer = weakref.finalize(
+                self, _release_dropped, self.directory, self._writer, self._sync, self._lock
+            )
+            self._finalizer.atexit = False  # at exit, the writers' own hook finishes saves
 
     # -- context manager ------------------------------------------------------------------
 
@@ -879,6 +887,7 @@ class CheckpointManager:
                         self._sync.close(self._sync.options.close_timeout_s)
                 finally:
                     if self._lock is not None:
+                        self._finalizer.detach()
                         self._lock.release()
         if self._writer is not None:
             self._writer.raise_error(clear=True)
@@ -894,6 +903,33 @@ class CheckpointManager:
                 f"{self.directory} was opened read_only; it cannot save", path=self.directory
             )
         return self._writer, self._pool
+
+
+def _weakly(method: Callable[[], _T], gone: _T) -> Callable[[], _T]:
+    """``method`` of an object, called without keeping the object alive (``gone`` once it
+    was collected): background helpers must not keep a dropped manager alive."""
+    reference = weakref.WeakMethod(method)
+
+    def call() -> _T:
+        bound = reference()
+        return gone if bound is None else bound()
+
+    return call
+
+
+def _release_dropped(
+    directory: Path, writer: BackgroundWriter | None, sync: MlflowSync | None, lock: WriterLock
+) -> None:
+    """A manager was collected without ``close()``: nothing was in flight (a queued save
+    keeps its manager alive); stop its threads and free its lock."""
+    logger.warning("the CheckpointManager of %s was dropped without close(): lock freed", directory)
+    try:
+        if writer is not None:
+            writer.stop()
+        if sync is not None:
+            sync.close(0.0)  # what is not uploaded stays in the ledger for the next writer
+    finally:
+        lock.release()
 
 
 def _items(state: Any, items: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -114,6 +114,9 @@ class BackgroundWriter:
             with self._idle:
                 self._pending.remove(handle)
                 self._idle.notify_all()
+            # Hold nothing of the job while idle: its closures keep the manager alive, and a
+            # manager dropped without close() must be collectable (its lock freed).
+            del entry, job, handle, cleanup, after, result, error
 
     def record(self, exc: BaseException) -> None:
         """Keep the first failure to raise; a further one before it is raised is logged as
@@ -160,7 +163,8 @@ class BackgroundWriter:
             if not self._stopped:
                 self._stopped = True
                 self._jobs.put(None)
-        self._thread.join()
+        if threading.current_thread() is not self._thread:  # a finalizer may run on it
+            self._thread.join()
         _live_writers.discard(self)
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import python
 
 from alphatriangle.data import (
@@ -59,14 +60,38 @@ def test_second_writer_is_refused_naming_the_holder_until_it_dies(ckpt_dir: Path
     assert time.monotonic() - began < 2, "a killed holder's lock was not freed at once"
 
 
-def test_second_writer_in_the_same_process_is_refused(ckpt_dir: Path) -> None:
-    with (
-        CheckpointManager(ckpt_dir),
-        pytest.raises(LockTimeoutError, match=f"pid {os.getpid()}"),
-    ):
-        CheckpointManager(ckpt_dir, CheckpointManagerOptions(lock_timeout_s=0.1))
+def test_second_writer_in_the_same_process_is_refused_at_once(ckpt_dir: Path) -> None:
+    with CheckpointManager(ckpt_dir):
+        began = time.monotonic()
+        with pytest.raises(LockTimeoutError, match="already open for writing in this process"):
+            CheckpointManager(ckpt_dir, CheckpointManagerOptions(lock_timeout_s=30))
+        assert time.monotonic() - began < 1, "waited for a lock this process holds"
+        # Through another path to the same directory, too.
+        with pytest.raises(LockTimeoutError, match=f"pid {os.getpid()}"):
+            CheckpointManager(ckpt_dir / ".." / ckpt_dir.name)
     with CheckpointManager(ckpt_dir, CheckpointManagerOptions(lock_timeout_s=0.1)):
         pass  # released by close
+
+
+def test_a_dropped_manager_frees_its_lock(ckpt_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+    import weakref
+
+    manager = CheckpointManager(ckpt_dir)
+    manager.save(0, {"w": torch.ones(3)}, metrics={"loss": 1.0})
+    manager.wait_until_finished()
+    manager.restore(0)
+    alive = weakref.ref(manager)
+    del manager  # the notebook case: the cell runs again without close()
+    if alive() is not None:
+        gc.collect()
+    assert alive() is None, "something keeps a dropped manager alive"
+    assert "dropped without close()" in caplog.text
+    began = time.monotonic()
+    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(lock_timeout_s=30)) as again:
+        assert again.all_steps() == [0]
+        again.save(1, {"w": torch.zeros(3)})
+    assert time.monotonic() - began < 1, "the reopen waited for the dropped manager's lock"
 
 
 def test_retention_skips_a_step_a_reader_holds(ckpt_dir: Path) -> None:
