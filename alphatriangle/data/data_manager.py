@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -51,14 +50,12 @@ from alphatriangle.data.checkpoint import (
     fsync_dir,
     step_dir_name,
 )
-from alphatriangle.data.legacy import legacy_checkpoint_files
 from alphatriangle.data.run_reading import (
     BEST_FLAG,
     best_step,
-    has_steps,
-    load_path,
     newest_holding,
-    optional_buffer,
+    newest_other_run,
+    read_explicit,
     read_run,
     read_run_dir,
     step_of,
@@ -80,7 +77,6 @@ __all__ = ["BUFFER_ITEM", "CHECKPOINT_ITEM", "DataManager"]
 
 logger = logging.getLogger(__name__)
 
-_TIMESTAMP = re.compile(r"(\d{8}_\d{6})")
 _REMOTE_CHECK_S = 30.0
 
 
@@ -396,18 +392,7 @@ class DataManager:
         """The name of the newest other run (by the ``YYYYmmdd_HHMMSS`` timestamp in its
         name, as 1.0.0 did) that has checkpoints, ours or 1.0.0's; None when there is none.
         Its directory: ``persist_config.get_run_base_dir(name)``."""
-        runs_root = self.persist_config.get_runs_root_dir()
-        if not runs_root.is_dir():
-            return None
-        candidates = []
-        for run_dir in runs_root.iterdir():
-            match = _TIMESTAMP.search(run_dir.name)
-            if not match or run_dir.name == current_run_name or not run_dir.is_dir():
-                continue
-            checkpoints = run_dir / self.persist_config.CHECKPOINT_SAVE_DIR_NAME
-            if has_steps(checkpoints) or legacy_checkpoint_files(checkpoints, self.persist_config):
-                candidates.append((match.group(1), run_dir.name))
-        return max(candidates)[1] if candidates else None
+        return newest_other_run(self.persist_config, current_run_name)
 
     # -- loading --------------------------------------------------------------------------
 
@@ -431,7 +416,7 @@ class DataManager:
         applied here: :meth:`apply_loaded_state` puts the state into the live objects."""
         train = self.train_config
         if train.LOAD_CHECKPOINT_PATH or train.LOAD_BUFFER_PATH:
-            return self._load_explicit()
+            return read_explicit(train)
         if self.manager.all_steps():
             state = read_run(self.manager)
             logger.info("resuming run %s from step %s", self.run_name, step_of(state))
@@ -471,18 +456,6 @@ class DataManager:
         step = self.manager.fetch()
         logger.info("resuming run %s from step %d, fetched from MLflow", self.run_name, step)
         return read_run(self.manager)
-
-    def _load_explicit(self) -> LoadedTrainingState:
-        train = self.train_config
-        checkpoint = buffer = None
-        if train.LOAD_CHECKPOINT_PATH:
-            checkpoint, step_dir = load_path(Path(train.LOAD_CHECKPOINT_PATH), CHECKPOINT_ITEM)
-            if not train.LOAD_BUFFER_PATH and step_dir is not None:
-                buffer = optional_buffer(step_dir)
-        if train.LOAD_BUFFER_PATH:
-            buffer, _ = load_path(Path(train.LOAD_BUFFER_PATH), BUFFER_ITEM)
-        logger.info("loading the explicit checkpoint %s", train.LOAD_CHECKPOINT_PATH)
-        return LoadedTrainingState(checkpoint_data=checkpoint, buffer_data=buffer)
 
     # -- applying -------------------------------------------------------------------------
 

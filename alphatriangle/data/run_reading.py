@@ -11,10 +11,11 @@ file and verifies its checksums (the engine's restore).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
-from alphatriangle.config import PersistenceConfig
+from alphatriangle.config import PersistenceConfig, TrainConfig
 from alphatriangle.data.checkpoint import (
     CheckpointCorruptError,
     CheckpointError,
@@ -24,6 +25,7 @@ from alphatriangle.data.checkpoint import (
     step_from_dir_name,
 )
 from alphatriangle.data.legacy import (
+    legacy_checkpoint_files,
     load_legacy_buffer,
     load_legacy_checkpoint,
     load_legacy_checkpoint_dir,
@@ -42,7 +44,9 @@ __all__ = [
     "has_steps",
     "load_path",
     "newest_holding",
+    "newest_other_run",
     "optional_buffer",
+    "read_explicit",
     "read_run",
     "read_run_dir",
     "step_of",
@@ -51,6 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BEST_FLAG = "is_best"  # the metric an is_best=True save carries (1.0.0's flag)
+_TIMESTAMP = re.compile(r"(\d{8}_\d{6})")
 
 
 def committed_steps(directory: Path) -> list[int]:
@@ -135,6 +140,37 @@ def optional_buffer(step_dir: Path) -> BufferData | None:
         if BUFFER_ITEM not in reader.metadata(step)["items"]:
             return None
         return buffer_from_tree(reader.restore(step, item=BUFFER_ITEM), step_dir)
+
+
+def newest_other_run(persist: PersistenceConfig, current_run_name: str) -> str | None:
+    """The name of the newest run but ``current_run_name`` (by the ``YYYYmmdd_HHMMSS``
+    timestamp in its name) that has checkpoints, ours or 1.0.0's; None when there is none."""
+    runs_root = persist.get_runs_root_dir()
+    if not runs_root.is_dir():
+        return None
+    candidates = []
+    for run_dir in runs_root.iterdir():
+        match = _TIMESTAMP.search(run_dir.name)
+        if not match or run_dir.name == current_run_name or not run_dir.is_dir():
+            continue
+        checkpoints = run_dir / persist.CHECKPOINT_SAVE_DIR_NAME
+        if has_steps(checkpoints) or legacy_checkpoint_files(checkpoints, persist):
+            candidates.append((match.group(1), run_dir.name))
+    return max(candidates)[1] if candidates else None
+
+
+def read_explicit(train: TrainConfig) -> LoadedTrainingState:
+    """``LOAD_CHECKPOINT_PATH`` (with the buffer of its step directory, unless
+    ``LOAD_BUFFER_PATH`` is given) and ``LOAD_BUFFER_PATH``."""
+    checkpoint = buffer = None
+    if train.LOAD_CHECKPOINT_PATH:
+        checkpoint, step_dir = load_path(Path(train.LOAD_CHECKPOINT_PATH), CHECKPOINT_ITEM)
+        if not train.LOAD_BUFFER_PATH and step_dir is not None:
+            buffer = optional_buffer(step_dir)
+    if train.LOAD_BUFFER_PATH:
+        buffer, _ = load_path(Path(train.LOAD_BUFFER_PATH), BUFFER_ITEM)
+    logger.info("loading the explicit checkpoint %s", train.LOAD_CHECKPOINT_PATH)
+    return LoadedTrainingState(checkpoint_data=checkpoint, buffer_data=buffer)
 
 
 def read_run_dir(run_dir: Path, persist: PersistenceConfig) -> LoadedTrainingState:
