@@ -211,7 +211,8 @@ def test_ctrl_c_twice_aborts_at_once(tmp_path: Path, ray_tmp: str) -> None:
 
 REAL_1_0_0 = Path(__file__).parents[1] / "fixtures" / "alphatriangle-1.0.0-real"
 REAL_RUN = "train_20250421_101500"
-# Training starts at once on the 40 experiences of the 1.0.0 buffer.
+# Training starts at once on the 40 experiences of the 1.0.0 buffer; MLflow off (its
+# store's creation costs seconds; the other tests run with it).
 RESUME_CONFIG = """\
 TrainConfig:
   MIN_BUFFER_SIZE_TO_TRAIN: 8
@@ -220,26 +221,35 @@ TrainConfig:
 MCTSConfig:
   NUM_SIMULATIONS: 4
   MAX_GAME_MOVES: 20
+PersistenceConfig:
+  MLFLOW_SYNC: false
 """
 
 
-def _real_1_0_0_root(tmp_path: Path, **model_fields: Any) -> None:
-    """The real 1.0.0 run under ``tmp_path/data``; with ``model_fields``, its checkpoints'
-    ``model_config_dict`` says them (the weights unchanged: they no longer fit)."""
+def _real_1_0_0_root(
+    tmp_path: Path, stats: dict[str, Any] | None = None, **model_fields: Any
+) -> None:
+    """The real 1.0.0 run under ``tmp_path/data``; its checkpoints hold ``stats`` as their
+    stats collector state, when given, and with ``model_fields`` their
+    ``model_config_dict`` says those (the weights unchanged: they no longer fit)."""
     shutil.copytree(REAL_1_0_0 / "runs", tmp_path / "data" / "runs")
     for path in (tmp_path / "data").rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
-    if model_fields:
-        for path in (tmp_path / "data" / "runs" / REAL_RUN / "checkpoints").glob("*.pkl"):
-            checkpoint = load_legacy_checkpoint(path)
-            changed = {**checkpoint.model_config_dict, **model_fields}
-            path.write_bytes(
-                pickle.dumps(checkpoint.model_copy(update={"model_config_dict": changed}))
-            )
+    if stats is None and not model_fields:
+        return
+    for path in (tmp_path / "data" / "runs" / REAL_RUN / "checkpoints").glob("*.pkl"):
+        checkpoint = load_legacy_checkpoint(path)
+        changed = {"model_config_dict": {**checkpoint.model_config_dict, **model_fields}}
+        if stats is not None:
+            changed["stats_collector_state"] = stats
+        path.write_bytes(pickle.dumps(checkpoint.model_copy(update=changed)))
 
 
 def test_a_1_0_0_run_resumes_and_its_new_steps_restore(tmp_path: Path, ray_tmp: str) -> None:
-    _real_1_0_0_root(tmp_path)
+    # The run's checkpoints with the state 1.0.0's own stats collector gave (see the
+    # fixture's README): its history must come through the resume.
+    with (REAL_1_0_0 / "stats_collector_state.pkl").open("rb") as file:
+        _real_1_0_0_root(tmp_path, stats=pickle.load(file))
     output = _finish(
         _train(tmp_path, ray_tmp, "upgraded", 9, "--save-every", "3", config_text=RESUME_CONFIG)
     )
@@ -278,7 +288,9 @@ def test_a_1_0_0_run_resumes_and_its_new_steps_restore(tmp_path: Path, ray_tmp: 
     assert type(learner.optimizer).__name__ == "AdamW"
     assert learner.scheduler.last_epoch == 9
     assert len(buffer) >= 40 and buffer.grid_shape == (1, 8, 15)
-    assert [step for step, _ in stats.get_metric_data()["train/loss"]] == [7, 8, 9]
+    history = stats.get_metric_data()
+    assert [step for step, _ in history["train/loss"]] == [7, 8, 9]
+    assert [step for step, _ in history["Loss/Total"]] == [3, 4, 5, 6, 7]  # 1.0.0's
     weights = network.get_weights()
     assert any(
         not torch.equal(weights[key], original.model_state_dict[key].cpu())
@@ -291,8 +303,7 @@ def test_a_1_0_0_checkpoint_that_does_not_fit_stops_naming_the_field(
     tmp_path: Path, ray_tmp: str
 ) -> None:
     _real_1_0_0_root(tmp_path, CONV_FILTERS=[8, 32])
-    config = RESUME_CONFIG + "PersistenceConfig:\n  MLFLOW_SYNC: false\n"
-    proc = _train(tmp_path, ray_tmp, "upgraded", 9, config_text=config)
+    proc = _train(tmp_path, ray_tmp, "upgraded", 9, config_text=RESUME_CONFIG)
     output = _finish(proc)
     assert proc.returncode == 1, output
     assert "error: the checkpoint of run train_20250421_101500 at step 6" in output
