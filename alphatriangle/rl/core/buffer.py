@@ -107,7 +107,10 @@ class ExperienceBuffer:
         self.add_batch([experience])
 
     def add_batch(self, experiences: ExperienceBatch | ColumnarBatch) -> None:
-        """Append experiences, overwriting the oldest once full."""
+        """Append experiences, overwriting the oldest once full. 1.0.0's experience tuples
+        (a 1.0.0 ``buffer.pkl``'s ``buffer_list``) are taken too; each gets the highest
+        priority seen so far, 1.0.0 having saved no priorities. ValueError naming the column
+        whose shape is not the configs' (a grid of other channels, say)."""
         batch = (
             experiences
             if isinstance(experiences, Mapping)
