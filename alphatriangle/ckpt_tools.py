@@ -146,14 +146,17 @@ def _step_or_newest(reader: Any, step: int | None) -> int:
 # -- list -----------------------------------------------------------------------------------
 
 
-def _pending_uploads(directory: Path) -> set[int] | None:
-    """Steps waiting for upload; None when the directory is not synced (no ledger)."""
+def _pending_uploads(directory: Path) -> dict[int, str] | None:
+    """Steps waiting for upload, each with why ("" when not known); None when the directory
+    is not synced (no ledger)."""
     ledger = directory / ".uploads.json"
     if not ledger.exists():
         return None
     try:
-        return set(json.loads(ledger.read_text())["pending"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raw = json.loads(ledger.read_text())
+        failures, reason = raw.get("failures") or {}, raw.get("reason") or ""
+        return {step: failures.get(str(step), reason) for step in raw["pending"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         typer.echo(f"{ledger}: unreadable upload ledger ({exc})", err=True)
         return None
 
@@ -180,7 +183,9 @@ def list_steps(path: PathArg, run: RunOpt = None) -> None:
                 continue
             size = sum(f["size"] for f in meta["files"].values())
             when = dt.datetime.fromtimestamp(meta["wall_time"]).isoformat(timespec="seconds")
-            upload = "" if pending is None else "pending upload" if step in pending else "uploaded"
+            upload = "" if pending is None else "uploaded"
+            if pending is not None and step in pending:
+                upload = f"pending upload ({pending[step]})" if pending[step] else "pending upload"
             typer.echo(
                 f"  {step:>12}  {size / 1e6:10.1f} MB  {when}  items={','.join(meta['items'])}  "
                 f"{json.dumps(meta['metrics'])}  {upload}".rstrip()

@@ -59,3 +59,41 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[Any]:
+    """One real S3-compatible store (moto, in this process, on a loopback port) for the whole
+    test session, with one bucket; a test that stops it starts it again."""
+    from sync_support import MotoS3
+
+    s3 = MotoS3()
+    try:
+        yield s3
+    finally:
+        s3.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_s3_direct(tmp_path_factory: pytest.TempPathFactory, moto_s3: Any) -> Iterator[Any]:
+    """An MLflow server whose clients write artifacts to S3 themselves (non-proxied)."""
+    from sync_support import start_mlflow_s3_server
+
+    server = start_mlflow_s3_server(tmp_path_factory.mktemp("direct"), moto_s3, proxied=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_s3_proxied(tmp_path_factory: pytest.TempPathFactory, moto_s3: Any) -> Iterator[Any]:
+    """An MLflow server that proxies artifacts to S3 (clients speak HTTP to it only)."""
+    from sync_support import start_mlflow_s3_server
+
+    server = start_mlflow_s3_server(tmp_path_factory.mktemp("proxied"), moto_s3, proxied=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+

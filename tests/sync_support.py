@@ -1,4 +1,5 @@
-"""A real MLflow tracking server and a fault-injecting TCP proxy, for the sync tests.
+"""A real MLflow tracking server, a real S3-compatible store (moto) that can go down and
+come back with its data, and a fault-injecting TCP proxy, for the sync tests.
 
 The proxy listens on a loopback port and forwards to the server. It can refuse everything
 (``down``: each connection is closed as soon as it is accepted), cut connections in the
@@ -6,6 +7,10 @@ middle of a request (``cut_fraction``: the chance, seeded, that any chunk of up 
 client sends is where its connection is cut), and hold any request
 whose first line contains one of ``hold`` (never answered, until the proxy stops). Its
 counters say what it did, so that a test can check it really injected faults.
+
+:class:`MotoS3` serves moto's S3 in this process on a loopback port; ``stop`` closes its
+listener (an outage: every new connection is refused) and ``start`` opens it again on the
+same port, the objects kept (moto's backend lives in the process, not in the listener).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -47,24 +53,30 @@ class MlflowServer:
             self.process.wait(timeout=20)
 
 
-def start_mlflow_server(root: Path) -> MlflowServer:
-    """``mlflow server`` with a SQLite store and artifacts served over HTTP, one worker, on
-    a free loopback port; returns once it answers /health."""
+def start_mlflow_server(
+    root: Path, *, artifacts: list[str] | None = None, env: dict[str, str] | None = None
+) -> MlflowServer:
+    """``mlflow server`` with a SQLite store, one worker, on a free loopback port; returns
+    once it answers /health. Artifacts: served over HTTP from ``root/artifacts`` unless
+    ``artifacts`` gives the server's artifact flags (an S3 destination, say), with ``env``
+    added to its environment."""
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     log = (root / "server.log").open("wb")
+    if artifacts is None:
+        artifacts = ["--artifacts-destination", str(root / "artifacts"), "--serve-artifacts"]
     process = subprocess.Popen(
         [
             str(mlflow), "server",
             "--backend-store-uri", f"sqlite:///{root / 'store.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--serve-artifacts",
+            *artifacts,
             "--host", "127.0.0.1",
             "--port", str(port),
             "--workers", "1",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
         start_new_session=True,  # the server's own children die with it
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
@@ -187,3 +199,105 @@ def _pump(source: socket.socket, target: socket.socket) -> None:
         target.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class MotoS3:
+    """moto's S3 on a loopback port of this process (see the module docstring). Each
+    connection carries one request (HTTP/1.0), so that an outage reaches every client at
+    once instead of sparing kept-alive connections."""
+
+    def __init__(self, bucket: str = "alphatriangle") -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = bucket
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.start()
+        self.client().create_bucket(Bucket=bucket)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client (or a server) needs to reach this store."""
+        return {**S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+
+    def start(self) -> None:
+        """Open the listener (again); nothing when it is open."""
+        if self._server is not None:
+            return
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        class OneRequestPerConnection(MotoRequestHandler):  # type: ignore[misc]
+            protocol_version = "HTTP/1.0"
+
+            def log_request(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        app = DomainDispatcherApplication(create_backend_app)
+        deadline = time.monotonic() + 30
+        while True:  # the port may linger a moment after stop
+            try:
+                self._server = make_server(
+                    "127.0.0.1", self.port, app, True, request_handler=OneRequestPerConnection
+                )
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """The outage: the listener closes; the objects stay."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session(**{
+            "aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+        }).client("s3", endpoint_url=self.endpoint)  # fmt: skip
+
+    def objects(self, prefix: str) -> dict[str, bytes]:
+        """Every object under ``prefix``: key relative to the prefix, its bytes."""
+        client = self.client()
+        found = {}
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            for entry in page.get("Contents", []):
+                body = client.get_object(Bucket=self.bucket, Key=entry["Key"])["Body"].read()
+                found[entry["Key"][len(prefix) :].lstrip("/")] = body
+        return found
+
+
+def start_mlflow_s3_server(root: Path, s3: MotoS3, *, proxied: bool) -> MlflowServer:
+    """An MLflow server in front of ``s3``: proxied (``--artifacts-destination s3://...``:
+    the server writes to S3, clients speak HTTP to it) or not (``--default-artifact-root
+    s3://... --no-serve-artifacts``: clients write to S3 themselves)."""
+    prefix = f"s3://{s3.bucket}/{'proxied' if proxied else 'direct'}"
+    flags = (
+        ["--artifacts-destination", prefix, "--serve-artifacts"]
+        if proxied
+        else ["--default-artifact-root", prefix, "--no-serve-artifacts"]
+    )
+    return start_mlflow_server(root, artifacts=flags, env=s3.env)

@@ -9,7 +9,8 @@ and the deadline of ``close`` stay in our hands whatever the client settings are
   reads (``MLFLOW_S3_ENDPOINT_URL``, ``MLFLOW_S3_IGNORE_TLS``,
   ``MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE``), credentials and region from boto3's usual
   chain (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, profiles,
-  instance roles).
+  instance roles). Uploads run on the calling thread, not a transfer pool, so that a
+  request left running at exit holds nothing up.
 - Any other run (a proxied server's ``mlflow-artifacts:``, a local store, GCS, Azure):
   MLflow's client. Its HTTP requests read ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
   ``MLFLOW_HTTP_REQUEST_TIMEOUT`` from the environment at each call; :func:`bound_mlflow_http`
@@ -68,12 +69,31 @@ def _bounded_s3_client(timeout_s: float) -> Any:
         signature_version=signature,
         s3={"addressing_style": os.environ.get("MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE", "auto")},
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3",
         config=config,
         endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None,
         verify=False if _ignore_tls() else None,
     )
+    return _UploadsOnCallingThread(client)
+
+
+class _UploadsOnCallingThread:
+    """A boto3 S3 client whose ``upload_file`` runs on the calling thread (the uploader's
+    daemon thread) instead of a transfer pool: the interpreter joins pool threads at exit,
+    so an upload left running by ``close`` would hold the process up."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def upload_file(self, *args: Any, **kwargs: Any) -> Any:
+        from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped,unused-ignore]
+
+        kwargs.setdefault("Config", TransferConfig(use_threads=False))
+        return self._client.upload_file(*args, **kwargs)
 
 
 def _ignore_tls() -> bool:

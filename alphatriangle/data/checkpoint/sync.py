@@ -409,7 +409,7 @@ class MlflowSync:
         """:meth:`wait`, then say what is left and why (a warning) when not everything went."""
         done = self.wait(timeout)
         if not done:
-            logger.warning("MLflow sync: %s", str(self.status()).replace("\n", ";"))
+            logger.warning("MLflow sync: %s", _one_line(self.status()))
         return done
 
     def close(self, timeout: float) -> UploadStatus:
@@ -434,7 +434,7 @@ class MlflowSync:
             logger.warning(
                 "MLflow sync: %s. The steps stay in %s and upload when the directory is next "
                 "opened with sync (`alphatriangle ckpt list` shows them)",
-                str(status).replace("\n", ";"),
+                _one_line(status),
                 self.ledger.path,
             )
         return status
@@ -513,3 +513,7 @@ class MlflowSync:
                         raise CheckpointError(f"remote step {step} holds {path.name}, not a file")
                     path.replace(into / path.name)
                 shutil.rmtree(landing, ignore_errors=True)
+
+
+def _one_line(status: UploadStatus) -> str:
+    return str(status).replace("\n  ", "; ").replace("\n", "; ")
