@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,6 +66,9 @@ def _user_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
             return command(*args, **kwargs)
         except _UserError as exc:
             _fail(exc, exc.code)
+        except BrokenPipeError:  # the reader stopped reading (``| head``): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except Exception as exc:
             # Loaded whenever one of its errors was raised (torch with it: not imported here).
             errors = sys.modules.get("alphatriangle.data.checkpoint.errors")
