@@ -800,8 +800,9 @@ class CheckpointManager:
 
     def upload_file(self, path: Path, artifact_path: str) -> None:
         """Upload one file beside the steps (a run's configuration, say) on a thread of its
-        own, retried like steps; a failure that is not retried is raised at the next
-        ``save``/``wait_until_finished``. Never blocks the caller."""
+        own, retried like steps; a failure never reaches the caller unless
+        ``raise_on_permanent_failure`` is set (then at the next ``save``/
+        ``wait_until_finished``); ``upload_status`` reports it. Never blocks the caller."""
         sync = self._synced()
         writer, _ = self._writable()
         threading.Thread(

@@ -417,6 +417,9 @@ class MlflowSync:
         leaving the rest in the ledger with its reason, and say what is left and why. A
         request still running then is left to its daemon thread, which no longer writes the
         ledger (the step is sent again, what the server lacks, by the next process)."""
+        with self._cond:
+            if self._closed:  # closed already (a close interrupted, then called again)
+                return self.status()
         began = time.monotonic()
         self.wait(timeout)
         with self._cond:
