@@ -25,6 +25,7 @@ from alphatriangle.data import (
     KeepAll,
     MlflowSyncOptions,
 )
+from alphatriangle.data.checkpoint import UploadStatus
 from alphatriangle.data.checkpoint._remote_errors import describe
 from alphatriangle.data.checkpoint.sync import LEDGER_NAME, UploadLedger, is_transient
 
@@ -298,6 +299,28 @@ def test_an_unreadable_ledger_rechecks_every_step(tmp_path: Path) -> None:
     ledger.save()
     assert UploadLedger(tmp_path).pending == [3, 5]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_ledger_keeps_why_each_step_waits_and_reads_older_ledgers(tmp_path: Path) -> None:
+    (tmp_path / LEDGER_NAME).write_text('{"version": 1, "run_id": "r", "pending": [7, 3]}')
+    ledger = UploadLedger(tmp_path)  # written before reasons were kept
+    assert ledger.readable and ledger.pending == [3, 7] and ledger.failures == {}
+    ledger.failures = {3: "permanent: ClientError NoSuchBucket: gone", 9: "not pending"}
+    ledger.reason = "transient: ConnectionRefusedError: refused"
+    ledger.save()
+    again = UploadLedger(tmp_path)
+    assert again.failures == {3: "permanent: ClientError NoSuchBucket: gone"}
+    assert again.reason == "transient: ConnectionRefusedError: refused"
+    status = UploadStatus(
+        pending=(3, 7), failures=again.failures, retrying=again.reason, files={"config/c": "x"}
+    )
+    assert str(status).splitlines() == [
+        "steps [3, 7] are not uploaded yet",
+        "  [3]: permanent: ClientError NoSuchBucket: gone",
+        "  [7]: transient: ConnectionRefusedError: refused",
+        "file config/c is not uploaded: x",
+    ]
+    assert not UploadStatus() and str(UploadStatus()) == "every upload completed"
 
 
 def _dead_uri() -> str:
