@@ -20,6 +20,7 @@ import torch
 
 from alphatriangle.data.checkpoint._devices import DeviceMap
 from alphatriangle.data.checkpoint._fill import restore_into
+from alphatriangle.data.checkpoint._interrupts import holding, interrupts_deferred
 from alphatriangle.data.checkpoint.commit import (
     commit_step_dir,
     create_directory_durably,
@@ -123,6 +124,7 @@ class CheckpointManager:
         self._last_saved: tuple[int, float] | None = None  # step, wall time: save policies
         self._warned_incomplete: set[Path] = set()
         self._closed = False
+        self._released = False  # the writer stopped and the lock released: close is done
         self._close_lock = threading.Lock()
         self._lock: WriterLock | None = None
         self._writer: BackgroundWriter | None = None
@@ -204,6 +206,7 @@ class CheckpointManager:
         with self._state_lock:
             return bool(self._in_flight)
 
+    @interrupts_deferred
     def save(
         self,
         step: int,
@@ -245,7 +248,7 @@ class CheckpointManager:
         if not (force or replace) and not self._due(step):
             return None
         checked_metrics = _check_metrics(metrics)
-        with self._save_lock:
+        with holding(self._save_lock):
             # close() sets _closed, then takes this lock to stop the writer: a save that got
             # here after it must not queue a job that nothing would run.
             self._check_open()
@@ -481,6 +484,7 @@ class CheckpointManager:
 
     # -- restoring ------------------------------------------------------------------------
 
+    @interrupts_deferred
     def restore(
         self,
         step: int | None = None,
@@ -747,6 +751,7 @@ class CheckpointManager:
 
     # -- finishing ------------------------------------------------------------------------
 
+    @interrupts_deferred
     def wait_until_finished(self) -> None:
         """Block until every save in flight is committed (or failed) and retention has run;
         raise a pending background failure. Every thread that waits sees the failure, and
@@ -873,25 +878,35 @@ class CheckpointManager:
         with self._state_lock:
             self._infos[step] = None
 
+    @interrupts_deferred
     def close(self) -> None:
         """Finish in-flight saves, stop the writer, release the lock; raise a pending
         background failure. Idempotent; a concurrent ``close`` returns only once the writer
-        is done too, and is raised the failure as well."""
-        with self._close_lock:
-            if not self._closed:
+        is done too, and is raised the failure as well. A Ctrl-C while it waits for the
+        writer leaves the manager closed to saves, its lock held until its writer is done:
+        ``close()`` again finishes (so does the end of the process)."""
+        with holding(self._close_lock):
+            if not self._released:
                 self._closed = True
                 try:
                     if self._writer is not None:
-                        with self._save_lock:  # a save already past its checks submits first
+                        with holding(self._save_lock):  # a save past its checks submits first
                             self._writer.stop()
                     if self._sync is not None:
                         self._sync.close(self._sync.options.close_timeout_s)
                 finally:
-                    if self._lock is not None:
-                        self._finalizer.detach()
-                        self._lock.release()
+                    # Never while the writer still writes (a Ctrl-C interrupted the wait): a
+                    # second writer would sweep its files. close() again finishes.
+                    if self._writer is None or self._writer.finished():
+                        self._release_lock()
         if self._writer is not None:
             self._writer.raise_error(clear=True)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._finalizer.detach()
+            self._lock.release()
+        self._released = True
 
     def _check_open(self) -> None:
         if self._closed:

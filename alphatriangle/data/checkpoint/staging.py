@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
 from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, ArraySpec, is_array_leaf
 from alphatriangle.data.checkpoint.tree import JsonTree, TreeEncoder
 
@@ -129,7 +130,9 @@ class StagingPool:
         with self._cond:
             if not self._free and not block:
                 return None
-            self._cond.wait_for(lambda: bool(self._free))
+            wait_interruptibly(
+                lambda timeout: self._cond.wait_for(lambda: bool(self._free), timeout)
+            )
             return self._free.pop()
 
     def release(self, slot: StagingSlot) -> None:

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
 from alphatriangle.data.checkpoint.errors import CheckpointError
 
 __all__ = ["BackgroundWriter", "SaveHandle"]
@@ -154,18 +155,29 @@ class BackgroundWriter:
 
     def wait_idle(self) -> None:
         with self._idle:
-            self._idle.wait_for(lambda: not self._pending)
+            wait_interruptibly(
+                lambda timeout: self._idle.wait_for(lambda: not self._pending, timeout)
+            )
 
     def stop(self) -> None:
         """Finish the queued jobs, then end the thread. Every caller returns only once the
-        thread has ended; later submissions are refused."""
+        thread has ended (a Ctrl-C on the main thread interrupts the wait, not the thread);
+        later submissions are refused."""
         with self._idle:
             if not self._stopped:
                 self._stopped = True
                 self._jobs.put(None)
         if threading.current_thread() is not self._thread:  # a finalizer may run on it
-            self._thread.join()
+            wait_interruptibly(self._joined)
         _live_writers.discard(self)
+
+    def _joined(self, timeout: float | None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def finished(self) -> bool:
+        """Whether the thread has ended (after :meth:`stop`): nothing is written any more."""
+        return not self._thread.is_alive()
 
 
 _live_writers: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
