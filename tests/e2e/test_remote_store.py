@@ -88,6 +88,7 @@ def test_an_s3_outage_mid_run_is_ridden_out_and_every_file_lands_byte_for_byte(
 ) -> None:
     proxied, outage_s = case  # the server's mode, how long S3 is down
     server = request.getfixturevalue("mlflow_s3_proxied" if proxied else "mlflow_s3_direct")
+    caplog.set_level(logging.INFO, logger="alphatriangle.data.checkpoint.sync")
     directory = tmp_path / "ckpt"
     options = _options(server.uri, experiment_name=f"outage-{'proxied' if proxied else 'direct'}")
     with CheckpointManager(directory, options) as manager:

@@ -89,7 +89,7 @@ class MlflowSync:
         self._busy: int | None = None  # the step being uploaded
         self._failed: set[int] = set()  # failed for good in this process
         self._files: dict[str, str | None] = {}  # other files: None in flight, else why not
-        self._retrying: tuple[str, float] | None = None  # the transient cause, since when
+        self._retrying: tuple[str, str, float] | None = None  # transient: cause, text, since
         self._logged: set[str] = set()  # transient causes logged in this outage
         self._logged_permanent: set[str] = set()
         self._client: Any = None
@@ -147,8 +147,10 @@ class MlflowSync:
         with self._cond:
             first = cause not in self._logged
             self._logged.add(cause)
-            if self._retrying is None or self._retrying[0] != text:
-                self._retrying = (text, self._retrying[1] if self._retrying else time.time())
+            changed = self._retrying is None or self._retrying[0] != cause
+            since = self._retrying[2] if self._retrying is not None else time.time()
+            self._retrying = (cause, text, since)
+            if changed:  # the ledger says why, written once per cause
                 self.ledger.reason = text
                 if self.ledger.pending and not self._closed:
                     self.ledger.save()
@@ -169,9 +171,9 @@ class MlflowSync:
             retrying, self._retrying = self._retrying, None
             self._logged.clear()  # a later outage is logged again
         if retrying is not None:
-            logger.warning(
+            logger.info(
                 "MLflow sync: the artifact store answers again after %.0f s; uploading",
-                time.time() - retrying[1],
+                time.time() - retrying[2],
             )
 
     def _note_permanent(self, what: str, exc: BaseException) -> str:
@@ -184,13 +186,14 @@ class MlflowSync:
             self._logged_permanent.add(cause)
         if first:
             logger.error(
-                "MLflow upload of %s failed: %s. Training goes on; it is kept and tried again "
-                "when the directory is next opened with sync%s",
+                "MLflow upload of %s failed: %s. %s; it is kept and tried again when the "
+                "directory is next opened with sync (later uploads that fail the same way "
+                "are not logged again)",
                 what,
                 text,
-                ""
+                "It is raised at the next save"
                 if self.options.raise_on_permanent_failure
-                else " (later uploads that fail the same way are not logged again)",
+                else "Training goes on",
             )
         else:
             logger.debug("MLflow upload of %s failed: %s", what, text)
@@ -257,7 +260,7 @@ class MlflowSync:
     def status(self) -> UploadStatus:
         """What is not uploaded, and why (also after ``close``)."""
         with self._cond:
-            retrying = self._retrying[0] if self._retrying is not None else None
+            retrying = self._retrying[1] if self._retrying is not None else None
             return UploadStatus(
                 pending=tuple(self.ledger.pending),
                 failures=dict(self.ledger.failures),
@@ -366,7 +369,7 @@ class MlflowSync:
         with self._cond:
             self._closed = True
             if self._retrying is not None and self.ledger.pending:
-                self.ledger.reason = self._retrying[0]
+                self.ledger.reason = self._retrying[1]
                 self.ledger.save()
         status = self.status()
         if status:
@@ -416,7 +419,7 @@ class MlflowSync:
         except BaseException as exc:
             stopping = self._stop_event.is_set()
             reason = (
-                (self._retrying[0] if self._retrying else describe(exc)[1])
+                (self._retrying[1] if self._retrying else describe(exc)[1])
                 if stopping
                 else self._note_permanent(name, exc)
             )
