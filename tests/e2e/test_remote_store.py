@@ -41,6 +41,13 @@ def _options(uri: str, **sync: Any) -> CheckpointManagerOptions:
     )
 
 
+@pytest.fixture(autouse=True)
+def _client_settings_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sync sets MLflow's HTTP settings in the environment when unset; undone after each test.
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def s3_env(moto_s3: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The client's S3 settings (endpoint, credentials, region); moto running again after
