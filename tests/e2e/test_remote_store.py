@@ -155,7 +155,7 @@ def test_a_wrong_endpoint_never_stops_training_and_the_next_process_uploads(
     assert not manager.wait_for_uploads(timeout=0.5)
     closing = time.monotonic()
     manager.close()
-    assert time.monotonic() - closing < 1.0 + 1.0, "close did not keep its deadline"
+    assert time.monotonic() - closing < 1.0 + 2.0, "close did not keep its deadline"
     status = manager.upload_status()
     assert status.pending == (0, 1, 2)
     assert status.retrying is not None and "ConnectionRefusedError" in status.retrying
@@ -299,7 +299,7 @@ def test_close_and_exit_keep_their_deadline_when_the_store_hangs_whatever_the_cl
         proxy.stop()
     assert worker.returncode == 0, stderr
     assert proxy.held > 0, "no upload reached the hung store"
-    assert closed[0] == "closed" and float(closed[1]) < 2.0 + 1.0, closed
+    assert closed[0] == "closed" and float(closed[1]) < 2.0 + 2.0, closed
     # A request still hung at exit is on a daemon thread: nothing holds the process up (its
     # exit then takes what the interpreter's teardown takes, seconds on a loaded machine).
     assert waited_for == ["waited-for"], waited_for
