@@ -4,10 +4,12 @@
 against ``tree`` (keys, lengths, kinds, shapes and dtypes), naming the first key that differs
 in a :class:`CheckpointError` before anything of ``tree`` is written 2) fill: each tensor and
 array of ``tree`` receives its bytes in place, on its own device, with no new allocation for
-it: a contiguous CPU target is read into directly (``pread``) while a second thread checks
-each array's checksum; other targets (CUDA, non-contiguous, views in the step) are read apart
-and ``copy_``-ed 3) set: the other leaves (scalars, strings, unpickled objects) are put into
-their containers (a tuple, being immutable, is rebuilt), and ``tree`` is returned.
+it: contiguous CPU targets are read into straight from the data file (``pread``), split
+between two threads, each hashing every chunk it just read while it is in cache (per-array
+checksums); other targets (CUDA, non-contiguous, views in the step)
+are read apart and ``copy_``-ed 3) set: the other leaves (scalars, strings, unpickled
+objects) are put into their containers (a tuple, being immutable, is rebuilt), and ``tree``
+is returned.
 
 Verification is that of a restore: every byte used is checked (per-array checksums; a step
 written without them, or a signed step, is read whole and verified as ``read_item`` does,
@@ -20,6 +22,7 @@ The plan is a list of (target leaf, array position): a later planner for sharded
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 
-from alphatriangle.data.checkpoint._array_checks import ArrayChecks
 from alphatriangle.data.checkpoint.arrays import TORCH_DTYPES, ArraySpec
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.format import Manifest
@@ -219,40 +222,85 @@ def _length(value: object) -> str:
     return str(len(value)) if isinstance(value, (list, tuple)) else "-"
 
 
-def _direct_view(target: torch.Tensor | np.ndarray[Any, Any]) -> memoryview | None:
+def _direct_view(
+    target: torch.Tensor | np.ndarray[Any, Any],
+) -> np.ndarray[Any, np.dtype[np.uint8]] | None:
     """The bytes of ``target`` to read into, when it is a contiguous CPU leaf; else None."""
     if isinstance(target, np.ndarray):
-        if not target.flags.c_contiguous:
-            return None
-        return target.reshape(-1).view(np.uint8).data
+        return target.reshape(-1).view(np.uint8) if target.flags.c_contiguous else None
     if target.device.type != "cpu" or not target.is_contiguous():
         return None
-    raw = target.detach().reshape(-1).view(torch.uint8)
-    return raw.numpy().data
+    return target.detach().reshape(-1).view(torch.uint8).numpy()
+
+
+_CHUNK = 4 << 20  # read, then hashed while it is still in the CPU's cache
 
 
 def _fill(plan: _Plan, index: _Index, arrays: _ArrayReader, *, verify: bool) -> None:
-    """Read every planned array into its target (in file order), checked beside the reads."""
+    """Put every planned array into its target: contiguous CPU targets read straight from
+    the file on two threads (each hashes what it just read, while it is in cache), the
+    others read apart and copied in."""
     specs = index.specs
     direct, apart = [], []
     for target, position in plan.fills:
         view = None if specs[position].view_of is not None else _direct_view(target)
-        if view is not None and view.nbytes == specs[position].nbytes:
-            direct.append((specs[position].offset, position, view))
+        if view is not None and len(view) == specs[position].nbytes:
+            if len(view):
+                direct.append((position, view))
         else:
             apart.append((target, position))
-    checks = ArrayChecks(index.checksums, enabled=verify)
-    try:
-        for _, position, view in sorted(direct, key=lambda entry: entry[0]):
-            if view.nbytes:
-                arrays.read_into(position, view, checks)
-    finally:
-        failed = checks.finish()
+    failed = _read_checked(direct, arrays, index, verify=verify)
     if failed is not None:
         arrays.refuse(failed)
     with torch.no_grad():
         for target, position in apart:
             _copy_into(target, arrays[position])
+
+
+def _read_checked(
+    direct: list[tuple[int, np.ndarray[Any, np.dtype[np.uint8]]]],
+    arrays: _ArrayReader,
+    index: _Index,
+    *,
+    verify: bool,
+) -> int | None:
+    """Read each array's bytes into its view, split between this thread and a helper by
+    size; the lowest position whose checksum did not match, or None."""
+    shares: list[list[tuple[int, np.ndarray[Any, np.dtype[np.uint8]]]]] = [[], []]
+    loads = [0, 0]
+    for entry in sorted(direct, key=lambda entry: -len(entry[1])):
+        lighter = loads.index(min(loads))
+        shares[lighter].append(entry)
+        loads[lighter] += len(entry[1])
+    failed: list[int] = []
+    errors: list[BaseException] = []
+
+    def read(share: list[tuple[int, np.ndarray[Any, np.dtype[np.uint8]]]]) -> None:
+        try:
+            for position, view in sorted(share, key=lambda entry: index.specs[entry[0]].offset):
+                offset = index.specs[position].offset
+                hasher = xxhash.xxh3_64() if verify else None
+                for start in range(0, len(view), _CHUNK):
+                    piece = view[start : start + _CHUNK].data
+                    arrays._pread(piece, offset + start)
+                    if hasher is not None:
+                        hasher.update(piece)
+                if hasher is not None and hasher.hexdigest() != index.checksums[position]:
+                    failed.append(position)
+        except BaseException as exc:  # raised on the caller's thread below
+            errors.append(exc)
+
+    helper = threading.Thread(target=read, args=(shares[1],), name="fill", daemon=True)
+    if shares[1]:
+        helper.start()
+    try:
+        read(shares[0])
+    finally:
+        if shares[1]:
+            helper.join()
+    if errors:
+        raise errors[0]
+    return min(failed) if failed else None
 
 
 def _copy_into(target: Any, source: Any) -> None:

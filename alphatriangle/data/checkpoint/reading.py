@@ -1053,12 +1053,6 @@ class _ArrayReader(list[Any]):
         why = f"checksum mismatch ({CHECKSUM}) of array {position}"
         raise _corrupt(self._path, self._step, why)
 
-    def read_into(self, position: int, view: memoryview, checks: ArrayChecks) -> None:
-        """Read the bytes of array ``position`` (not a view) into ``view`` and hand them to
-        ``checks``."""
-        self._pread(view, self._index.specs[position].offset)
-        checks.put(position, view)
-
     def _pread(self, view: memoryview, offset: int) -> None:
         filled = 0
         while filled < view.nbytes:
