@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import xxhash
 
-from alphatriangle.data.checkpoint.arrays import TORCH_DTYPES, ArraySpec
+from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, TORCH_DTYPES, ArraySpec
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.format import Manifest
 from alphatriangle.data.checkpoint.reading import (
@@ -306,6 +306,8 @@ def _read_checked(
 def _copy_into(target: Any, source: Any) -> None:
     if isinstance(target, np.ndarray):
         np.copyto(target, source, casting="no")
+    elif target.dtype in BYTE_COPIED:  # no copy kernel: the same bytes, as uint8
+        target.view(torch.uint8).copy_(source.view(torch.uint8))
     else:
         target.copy_(source)
 

@@ -82,3 +82,35 @@ def test_cuda_restore_streams_through_small_pinned_chunks(ckpt_dir: Path, mode: 
     assert again["half"].dtype == torch.float16 and torch.equal(again["half"], state["half"])
     assert again["empty"].is_cuda and again["empty"].numel() == 0
     assert (again["array"] == state["array"]).all()
+
+
+def test_cuda_raw_dtypes_map_location_forms_and_in_place_restore(ckpt_dir: Path) -> None:
+    state = {
+        "w": torch.randn(4096, device="cuda"),
+        "scales": torch.arange(64, dtype=torch.uint8, device="cuda").view(torch.float8_e8m0fnu),
+        "nibbles": torch.arange(32, dtype=torch.uint8, device="cuda").view(torch.uint4),
+        "host": torch.ones(8),
+    }
+    with CheckpointManager(ckpt_dir) as manager:
+        manager.save(0, state)
+        manager.wait_until_finished()
+        restored = manager.restore(0)
+        for key, value in state.items():
+            got = restored[key]
+            assert got.device == value.device and got.dtype == value.dtype, key
+            assert torch.equal(got.view(torch.uint8).cpu(), value.view(torch.uint8).cpu()), key
+        to_cpu = manager.restore(0, map_location={"cuda:0": "cpu"})
+        assert to_cpu["w"].device.type == "cpu" and torch.equal(to_cpu["w"], state["w"].cpu())
+        kept = manager.restore(0, map_location=lambda storage, location: None)
+        assert kept["w"].is_cuda
+        target = {
+            "w": torch.zeros(4096, device="cuda"),
+            "scales": torch.zeros(64, dtype=torch.uint8, device="cuda").view(torch.float8_e8m0fnu),
+            "nibbles": torch.zeros(32, dtype=torch.uint8, device="cuda").view(torch.uint4),
+            "host": torch.zeros(8),
+        }
+        pointer = target["w"].data_ptr()
+        filled = manager.restore(0, target=target)
+    assert filled is target and target["w"].data_ptr() == pointer
+    assert torch.equal(target["w"], state["w"])
+    assert torch.equal(target["nibbles"].view(torch.uint8), state["nibbles"].view(torch.uint8))

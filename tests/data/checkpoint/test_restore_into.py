@@ -29,8 +29,10 @@ def _saved(ckpt_dir: Path, state: Any, options: CheckpointManagerOptions | None 
 def _zeros_like(tree: Any) -> Any:
     if isinstance(tree, torch.nn.Parameter):
         return torch.nn.Parameter(torch.zeros_like(tree), requires_grad=tree.requires_grad)
-    if isinstance(tree, torch.Tensor):
-        return torch.zeros_like(tree)
+    if isinstance(tree, torch.Tensor):  # its strides too: a transposed target stays one
+        zeros = torch.empty_like(tree)
+        zeros.view(torch.uint8).zero_() if zeros.element_size() == 1 else zeros.zero_()
+        return zeros
     if isinstance(tree, np.ndarray):
         return np.zeros_like(tree)
     if isinstance(tree, dict):
@@ -42,11 +44,13 @@ def _zeros_like(tree: Any) -> Any:
 
 def _state() -> dict[str, Any]:
     base = torch.arange(12.0)
+    nibbles = torch.arange(24, dtype=torch.uint8).view(torch.uint4)
     state = state_for_step(3, 0.25)
     state.update(
         transposed=torch.arange(6.0).view(2, 3).t(),
         tied=(base, base[4:8]),  # a storage shared by two tensors
         half=torch.randn(5).to(torch.bfloat16),
+        nibbles=(nibbles, nibbles[4:]),  # no copy kernel, and views of one storage
         grad=torch.nn.Parameter(torch.ones(3)),
         table=np.arange(20, dtype=np.int16).reshape(4, 5),
         pair=(1, "two"),
