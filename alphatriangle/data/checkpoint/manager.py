@@ -8,12 +8,11 @@ import os
 import re
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ import torch
 from alphatriangle.data.checkpoint._devices import DeviceMap
 from alphatriangle.data.checkpoint._fill import restore_into
 from alphatriangle.data.checkpoint._interrupts import holding, interrupts_deferred
+from alphatriangle.data.checkpoint._lifecycle import on_drop, weakly
 from alphatriangle.data.checkpoint.commit import (
     commit_step_dir,
     create_directory_durably,
@@ -67,7 +67,6 @@ from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
 __all__ = ["CheckpointManager"]
 
 logger = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 DEFAULT_ITEM = "state"
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")  # as reading.py admits
@@ -147,16 +146,13 @@ class CheckpointManager:
             self._sync = MlflowSync(
                 self.directory,
                 self.options.mlflow,
-                committed_steps=_weakly(self.all_steps, []),
-                best_step=_weakly(self.best_step, None),
+                committed_steps=weakly(self.all_steps, []),
+                best_step=weakly(self.best_step, None),
                 on_failure=self._writer.record,
             )
         if self._lock is not None:
             # A manager dropped without close() (a notebook cell run again) frees its lock.
-            self._finalizer = weakref.finalize(
-                self, _release_dropped, self.directory, self._writer, self._sync, self._lock
-            )
-            self._finalizer.atexit = False  # at exit, the writers' own hook finishes saves
+            self._forget_drop = on_drop(self, self.directory, self._writer, self._sync, self._lock)
 
     # -- context manager ------------------------------------------------------------------
 
@@ -904,7 +900,7 @@ class CheckpointManager:
 
     def _release_lock(self) -> None:
         if self._lock is not None:
-            self._finalizer.detach()
+            self._forget_drop()
             self._lock.release()
         self._released = True
 
@@ -919,33 +915,6 @@ class CheckpointManager:
                 f"{self.directory} was opened read_only; it cannot save", path=self.directory
             )
         return self._writer, self._pool
-
-
-def _weakly(method: Callable[[], _T], gone: _T) -> Callable[[], _T]:
-    """``method`` of an object, called without keeping the object alive (``gone`` once it
-    was collected): background helpers must not keep a dropped manager alive."""
-    reference = weakref.WeakMethod(method)
-
-    def call() -> _T:
-        bound = reference()
-        return gone if bound is None else bound()
-
-    return call
-
-
-def _release_dropped(
-    directory: Path, writer: BackgroundWriter | None, sync: MlflowSync | None, lock: WriterLock
-) -> None:
-    """A manager was collected without ``close()``: nothing was in flight (a queued save
-    keeps its manager alive); stop its threads and free its lock."""
-    logger.warning("the CheckpointManager of %s was dropped without close(): lock freed", directory)
-    try:
-        if writer is not None:
-            writer.stop()
-        if sync is not None:
-            sync.close(0.0)  # what is not uploaded stays in the ledger for the next writer
-    finally:
-        lock.release()
 
 
 def _items(state: Any, items: Mapping[str, Any] | None) -> dict[str, Any]:
