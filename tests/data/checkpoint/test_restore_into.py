@@ -130,3 +130,17 @@ def test_a_corrupt_array_is_refused(ckpt_dir: Path) -> None:
     with reader, pytest.raises(CheckpointCorruptError, match="array 0") as info:
         reader.restore(0, target=_zeros_like(state))
     assert info.value.path == str(step_dir / "state.data")
+
+
+def test_a_model_state_dict_as_target_loads_the_model(ckpt_dir: Path) -> None:
+    torch.manual_seed(0)
+    trained = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    _saved(ckpt_dir, {"model": trained.state_dict(), "step": 7})
+    fresh = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    weight = fresh[0].weight
+    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(read_only=True)) as reader:
+        restored = reader.restore(0, target={"model": fresh.state_dict(), "step": None})
+    assert restored["step"] == 7
+    assert fresh[0].weight is weight  # the module's own parameters hold the bytes now
+    for name, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
