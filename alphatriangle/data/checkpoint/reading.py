@@ -44,6 +44,7 @@ import xxhash
 
 from alphatriangle.data.checkpoint._array_checks import ArrayChecks
 from alphatriangle.data.checkpoint._devices import DeviceMap
+from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
 from alphatriangle.data.checkpoint._safe_unpickling import RefusedGlobal, unsafe_object_error
 from alphatriangle.data.checkpoint.arrays import GRAD_DTYPES, TORCH_DTYPES, ArraySpec, numpy_dtype
 from alphatriangle.data.checkpoint.errors import (
@@ -297,7 +298,11 @@ class _PipelinedHash:
     def stop(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
-            self._thread.join()
+            wait_interruptibly(self._joined)  # a long pass: a Ctrl-C need not wait for it
+
+    def _joined(self, timeout: float | None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def hexdigest(self) -> str:
         self.stop()
