@@ -73,6 +73,16 @@ def _traced(call: Callable[[], Any], at: int) -> tuple[_CtrlCAt, bool]:
     return tracer, False
 
 
+@pytest.fixture(autouse=True)
+def _python_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler, whatever the runner installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def fast_dir(tmp_path: Path) -> Iterator[Path]:
     shm = Path("/dev/shm")
