@@ -5,9 +5,9 @@ A state is what the network sees: ``grid`` of shape (``ModelConfig.GRID_INPUT_CH
 ``other_features`` of shape (``ModelConfig.OTHER_NN_INPUT_FEATURES_DIM``,), float32 (30). An
 experience is a state, the search's policy target (action -> probability over
 ``EnvConfig.ACTION_DIM`` actions, 360 by default) and the value target (the return, a float;
-the network predicts it as a distribution over ``ModelConfig.NUM_VALUE_ATOMS`` atoms). ``ExperienceBatch`` is
-1.0.0's list of experiences; :class:`ColumnarBatch` holds the same as stacked arrays, which
-is what the replay buffer stores and samples.
+the network predicts it as a distribution over ``ModelConfig.NUM_VALUE_ATOMS`` atoms).
+``ExperienceBatch`` is 1.0.0's list of experiences; :class:`ColumnarBatch` holds the same as
+stacked arrays, which is what the replay buffer stores and samples.
 """
 
 from __future__ import annotations
