@@ -1,7 +1,8 @@
 """Resuming with a checkpoint's own configs: the network, the game and the optimizer as the
 run that wrote the checkpoint had them (a run of ours or of alphatriangle 1.0.0), whatever
 the configs of the run that resumes say; and, when its weights cannot fit the network its
-configs describe, an error naming the config field (never torch's raw state-dict mismatch).
+configs describe, an error naming the config field (``NeuralNetwork.check_weights``; never
+torch's raw state-dict mismatch).
 
 What comes from where: ``ModelConfig`` and ``EnvConfig`` from the checkpoint
 (``model_config_dict``, ``env_config_dict``); the optimizer's fields (:data:`OPTIMIZER_FIELDS`)
@@ -27,7 +28,6 @@ from alphatriangle.config import EnvConfig, ModelConfig, RunConfigs, TrainConfig
 
 __all__ = [
     "OPTIMIZER_FIELDS",
-    "check_weights_fit",
     "configs_of_checkpoint",
     "optimizer_type_of",
     "position_scheduler",
@@ -44,23 +44,6 @@ OPTIMIZER_FIELDS = (
     "LR_SCHEDULER_ETA_MIN",
     "LR_SCHEDULER_STEP_SIZE",
     "LR_SCHEDULER_GAMMA",
-)
-
-# The parts of 1.0.0's network (its state-dict prefixes) and the fields that shape them.
-_PART_FIELDS = (
-    ("conv_body.0.", "ModelConfig.GRID_INPUT_CHANNELS, CONV_FILTERS, CONV_KERNEL_SIZES"),
-    ("conv_body.", "ModelConfig.CONV_FILTERS, CONV_KERNEL_SIZES"),
-    ("res_body.", "ModelConfig.NUM_RESIDUAL_BLOCKS, RESIDUAL_BLOCK_FILTERS"),
-    ("input_proj.", "ModelConfig.TRANSFORMER_DIM"),
-    ("pos_encoder.", "ModelConfig.USE_TRANSFORMER, TRANSFORMER_DIM"),
-    (
-        "transformer_body.",
-        "ModelConfig.USE_TRANSFORMER, TRANSFORMER_LAYERS, TRANSFORMER_DIM, TRANSFORMER_FC_DIM",
-    ),
-    ("shared_fc.0.", "ModelConfig.FC_DIMS_SHARED, OTHER_NN_INPUT_FEATURES_DIM (or the trunk)"),
-    ("shared_fc.", "ModelConfig.FC_DIMS_SHARED"),
-    ("policy_head.", "ModelConfig.POLICY_HEAD_DIMS, EnvConfig.ACTION_DIM"),
-    ("value_head.", "ModelConfig.VALUE_HEAD_DIMS, NUM_VALUE_ATOMS"),
 )
 
 
@@ -136,49 +119,6 @@ def configs_of_checkpoint(
     ]
     resumed = configs.model_copy(update={"model": model, "env": env, "train": train})
     return resumed, changed
-
-
-def check_weights_fit(network: Any, state_dict: Mapping[str, Any], where: str) -> None:
-    """ValueError when ``state_dict`` does not fit ``network.model`` key for key and shape
-    for shape: how many tensors differ, the config fields that shape the parts they are in
-    (the first difference's first), and the first few differences, in the network's order."""
-    expected = {k: tuple(v.shape) for k, v in network.model.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    keys = [*expected, *(k for k in saved if k not in expected)]
-    problems: list[str] = []
-    fields: list[str] = []
-    for key in keys:
-        if expected.get(key) == saved.get(key):
-            continue
-        if key not in saved:
-            problems.append(f"{key} {expected[key]} is missing from the checkpoint")
-        elif key not in expected:
-            problems.append(f"{key} {saved[key]} is in the checkpoint, not in the network")
-        else:
-            problems.append(f"{key} is {saved[key]} in the checkpoint, {expected[key]} here")
-        part = _fields_for(key)
-        if part not in fields:
-            fields.append(part)
-    if not problems:
-        return
-    if _has_norms(saved) != _has_norms(expected):  # batch norm on one side only: that first
-        fields.insert(0, "ModelConfig.USE_BATCH_NORM")
-    raise ValueError(
-        f"{where}: its weights do not fit the network its configs describe "
-        f"({len(problems)} tensors differ); see {'; '.join(fields)}. First: "
-        + "; ".join(problems[:3])
-    )
-
-
-def _has_norms(shapes: Mapping[str, Any]) -> bool:
-    return any(key.endswith(".running_mean") for key in shapes)
-
-
-def _fields_for(key: str) -> str:
-    for prefix, fields in _PART_FIELDS:
-        if key.startswith(prefix):
-            return fields
-    return "a part this network does not have"
 
 
 def position_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, step: int) -> None:

@@ -47,7 +47,6 @@ from alphatriangle.rl.core import ExperienceBuffer
 from alphatriangle.training.learner import Learner
 from alphatriangle.training.progress import Progress, ProgressInfo
 from alphatriangle.training.resume import (
-    check_weights_fit,
     configs_of_checkpoint,
     position_scheduler,
 )
@@ -132,8 +131,7 @@ def _build_parts(configs: RunConfigs, data: DataManager | None) -> _Parts:
     check_configs(configs)
     network = NeuralNetwork(configs.model, configs.env, configs.train)
     if checkpoint is not None:
-        check_weights_fit(
-            network,
+        network.check_weights(
             checkpoint.model_state_dict,
             f"the checkpoint of run {checkpoint.run_name} at step {checkpoint.global_step}",
         )

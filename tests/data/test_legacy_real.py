@@ -19,7 +19,6 @@ from alphatriangle.nn import NeuralNetwork
 from alphatriangle.rl.core import ExperienceBuffer
 from alphatriangle.training.learner import Learner
 from alphatriangle.training.resume import (
-    check_weights_fit,
     configs_of_checkpoint,
     optimizer_type_of,
     position_scheduler,
@@ -114,13 +113,13 @@ def test_weights_that_do_not_fit_name_the_field(fields: dict[str, Any], named: s
     env = EnvConfig.model_validate(checkpoint.env_config_dict)
     network = NeuralNetwork(model, env, TrainConfig(), device="cpu")
     with pytest.raises(ValueError, match="do not fit the network its configs describe") as info:
-        check_weights_fit(network, checkpoint.model_state_dict, "the checkpoint")
+        network.check_weights(checkpoint.model_state_dict, "the checkpoint")
     assert named in str(info.value)
     assert "Error(s) in loading state_dict" not in str(info.value)
     # What does fit passes, and then loads strictly.
     model = ModelConfig.model_validate(checkpoint.model_config_dict)
     network = NeuralNetwork(model, env, TrainConfig(), device="cpu")
-    check_weights_fit(network, checkpoint.model_state_dict, "the checkpoint")
+    network.check_weights(checkpoint.model_state_dict, "the checkpoint")
     network.set_weights(checkpoint.model_state_dict)
 
 
