@@ -213,7 +213,14 @@ class ExperienceBuffer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild this buffer exactly, as a state tree of arrays
-        (views of the live columns: a checkpoint's save copies them)."""
+        (views of the live columns: a checkpoint's save copies them).
+
+        Columns and priorities are in slot order (the ring as it lies in memory), not oldest
+        first: between two states, adding ``k`` experiences changes only the ``k`` rows from
+        the old cursor on (two ranges when they wrap), and priority updates only the rows
+        updated, so a checkpoint that stores arrays in chunks shares every other chunk
+        with the previous save. Oldest-first order would shift every row at each add once
+        the buffer is full."""
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
