@@ -1,11 +1,13 @@
 """``DataManager``: alphatriangle 1.0.0's interface to a run's data, rebuilt on the engine.
 
-A save: 1) decide what is due (the checkpoint by ``CHECKPOINT_SAVE_FREQ_STEPS`` or
-``CHECKPOINT_SAVE_FREQ_SECONDS``, the buffer by ``BUFFER_SAVE_FREQ_STEPS``; both at a final
-or best save) 2) gather the state: network, optimizer, LR scheduler, RNG states, counters,
-the stats actor's state (waited for a bounded time), the replay buffer's columns 3) hand the
-due items to the engine as one step: stage (``save_training_state`` returns here) → write →
-commit → retain → sync to MLflow.
+It orchestrates; each decision and format lives in a module of its own. A save: 1) check
+the parts (``parts.py``) 2) ask the schedule which items are due (``save_schedule.py``: the
+checkpoint by ``CHECKPOINT_SAVE_FREQ_STEPS`` or ``CHECKPOINT_SAVE_FREQ_SECONDS``, the buffer
+by ``BUFFER_SAVE_FREQ_STEPS``; both at a final save, the checkpoint at a best one) 3) build
+their trees (``state_trees.py``: network, optimizer, LR scheduler, RNG states, counters, the
+stats actor's state waited for a bounded time, the replay buffer's columns) 4) hand them to
+the engine as one step, under the options the configs give (``engine_options.py``): stage
+(``save_training_state`` returns here) → write → commit → retain → sync to MLflow.
 
 The best step: a save whose ``metrics`` hold ``PersistenceConfig.BEST_METRIC`` is ranked by
 it (``BEST_MODE``); ``is_best=True`` (1.0.0's flag) marks a step best whatever its metrics.
@@ -14,70 +16,43 @@ best ranked and the ``KEEP_BEST_CHECKPOINTS`` newest flagged, every ``KEEP_EVERY
 and the newest step holding each item. ``best_step()``: the newest flagged step, else the
 best ranked. The first checkpoint saved without ``BEST_METRIC`` warns (once).
 
-Resume: :meth:`DataManager.load_initial_state` states the rules (explicit path, this run,
-its MLflow run, the newest previous run, fresh start); never a silent fresh start.
+Resume: :meth:`DataManager.load_initial_state` states the rules (``resume_rules.py``:
+explicit path, this run, its MLflow run, the newest previous run, fresh start); never a
+silent fresh start. The path getters: ``run_paths.py``; putting a loaded state back:
+``parts.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
 
 from alphatriangle.config import PersistenceConfig, TrainConfig
 from alphatriangle.data._safe_globals import register_safe_globals
-from alphatriangle.data.checkpoint import (
-    CheckpointManager,
-    CheckpointManagerOptions,
-    KeepBest,
-    KeepEvery,
-    KeepLatest,
-    MlflowSyncOptions,
-    RetentionPolicy,
-    SaveContext,
-    SaveEvery,
-    SaveHandle,
-    SaveInterval,
-    SavePolicy,
-    StepExistsError,
-    fsync_dir,
-    step_dir_name,
-)
-from alphatriangle.data.run_reading import (
-    BEST_FLAG,
-    best_step,
-    newest_holding,
-    newest_other_run,
-    read_explicit,
-    read_run,
-    read_run_dir,
-    step_of,
-)
+from alphatriangle.data.checkpoint import CheckpointManager, SaveHandle, StepExistsError
+from alphatriangle.data.engine_options import BEST_FLAG, writer_options
+from alphatriangle.data.parts import apply_loaded_state, check_parts
+from alphatriangle.data.resume_rules import resume_state
+from alphatriangle.data.run_config import write_run_config
+from alphatriangle.data.run_paths import RunPaths
+from alphatriangle.data.run_reading import newest_other_run
+from alphatriangle.data.save_schedule import SaveSchedule
 from alphatriangle.data.schemas import LoadedTrainingState
 from alphatriangle.data.state_trees import (
     BUFFER_ITEM,
     CHECKPOINT_ITEM,
     buffer_tree,
-    check_parts,
     checkpoint_tree,
-    load_network_weights,
-    put_stats_state,
-    restore_rng_state,
-    run_config_json,
 )
 
 __all__ = ["BUFFER_ITEM", "CHECKPOINT_ITEM", "DataManager"]
 
 logger = logging.getLogger(__name__)
-
-_REMOTE_CHECK_S = 30.0
 
 
 class DataManager:
@@ -94,7 +69,7 @@ class DataManager:
         persist_config: PersistenceConfig,
         train_config: TrainConfig,
         *,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         register_safe_globals()  # what its steps may pickle loads under the safe default
         self.persist_config = persist_config
@@ -102,64 +77,19 @@ class DataManager:
         self.run_name = train_config.RUN_NAME
         self.run_dir = persist_config.get_run_base_dir(self.run_name)
         self.checkpoint_dir = self.run_dir / persist_config.CHECKPOINT_SAVE_DIR_NAME
-        self._clock = clock
-        self.manager = CheckpointManager(self.checkpoint_dir, self._options(), clock=clock)
-        self._checkpoint_policy: SavePolicy = SaveEvery(train_config.CHECKPOINT_SAVE_FREQ_STEPS)
-        if train_config.CHECKPOINT_SAVE_FREQ_SECONDS is not None:
-            seconds = SaveInterval(train_config.CHECKPOINT_SAVE_FREQ_SECONDS)
-            self._checkpoint_policy = self._checkpoint_policy | seconds
-        # Wall-time saving counts from the last checkpoint saved by this manager, or from
-        # its creation: a resumed run does not save at its first step.
-        self._last_checkpoint_step: int | None = None
-        self._last_checkpoint_time: float = clock()
+        self.schedule = SaveSchedule.from_configs(train_config, persist_config, clock)
+        options = writer_options(persist_config, self.run_name, self.schedule.engine_policy())
+        self.manager = CheckpointManager(self.checkpoint_dir, options, clock=clock)
+        self._paths = RunPaths(persist_config, self.run_name, self.manager)
         self._warned_best_metric = False
-
-    def _options(self) -> CheckpointManagerOptions:
-        persist = self.persist_config
-        retention: RetentionPolicy = KeepLatest(persist.KEEP_LATEST_CHECKPOINTS)
-        if persist.KEEP_BEST_CHECKPOINTS:
-            best = persist.KEEP_BEST_CHECKPOINTS
-            # Steps without the metric (or the flag) are not kept on these parts' account.
-            retention |= KeepBest(best, persist.BEST_METRIC, persist.BEST_MODE, keep_unranked=False)
-            # is_best saves carry the metric is_best=1: ties go to the newer step.
-            retention |= KeepBest(best, BEST_FLAG, "max", keep_unranked=False)
-        if persist.KEEP_EVERY_STEPS:
-            retention |= KeepEvery(steps=persist.KEEP_EVERY_STEPS)
-        sync = None
-        if persist.MLFLOW_SYNC:
-            local = persist.MLFLOW_TRACKING_URI_OVERRIDE is None
-            if local:
-                persist.get_mlflow_abs_path().mkdir(parents=True, exist_ok=True)
-            sync = MlflowSyncOptions(
-                tracking_uri=persist.MLFLOW_TRACKING_URI,
-                experiment_name="alphatriangle",
-                run_name=self.run_name,
-                artifact_location=str(persist.get_mlflow_abs_path() / "artifacts")
-                if local
-                else None,
-            )
-        return CheckpointManagerOptions(
-            retention=retention,
-            max_pending=persist.MAX_PENDING_SAVES,
-            restore_mode=persist.RESTORE_MODE,
-            on_full=persist.ON_FULL,
-            best_metric=persist.BEST_METRIC,
-            best_mode=persist.BEST_MODE,
-            mlflow=sync,
-        )
 
     # -- context manager ------------------------------------------------------------------
 
     def __enter__(self) -> DataManager:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.manager.__exit__(exc_type, exc, tb)
+    def __exit__(self, *exc_info: Any) -> None:
+        self.manager.__exit__(*exc_info)
 
     def wait_until_finished(self) -> None:
         self.manager.wait_until_finished()
@@ -210,15 +140,10 @@ class DataManager:
             scheduler=scheduler,
         )
         persist = self.persist_config
-        now = self._clock()
-        context = SaveContext(
-            global_step, now, self._last_checkpoint_step, self._last_checkpoint_time
-        )
-        checkpoint_due = is_final or is_best or self._checkpoint_policy.should_save(context)
+        scheduled = self.schedule.due_items(global_step)
+        checkpoint_due = is_final or is_best or CHECKPOINT_ITEM in scheduled
         buffer_due = (
-            persist.SAVE_BUFFER
-            and buffer is not None
-            and (is_final or global_step % persist.BUFFER_SAVE_FREQ_STEPS == 0)
+            persist.SAVE_BUFFER and buffer is not None and (is_final or BUFFER_ITEM in scheduled)
         )
         if not (checkpoint_due or buffer_due):
             return None
@@ -260,14 +185,20 @@ class DataManager:
         else:  # only a step holding the checkpoint may rank as the best checkpoint
             step_metrics.pop(persist.BEST_METRIC, None)
         try:
+            # A due step passes the engine's policy (the schedule); a final or best save is
+            # asked for, whatever the schedule says: ``force``.
             handle = self.manager.save(
-                global_step, items=items, metrics=step_metrics, force=True, replace=replace
+                global_step,
+                items=items,
+                metrics=step_metrics,
+                force=is_final or is_best,
+                replace=replace,
             )
         except StepExistsError:  # saved moments ago and still in flight (a final save, say)
             logger.info("step %d is being saved already: nothing more to save", global_step)
             return None
-        if checkpoint_due and handle is not None:
-            self._last_checkpoint_step, self._last_checkpoint_time = global_step, now
+        if handle is not None:
+            self.schedule.saved(global_step, set(items))
         return handle
 
     def _warn_unranked(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -298,52 +229,18 @@ class DataManager:
         (``model_dump(mode="json")``), paths as strings. A value JSON cannot hold (a tensor,
         an array, any other object) raises TypeError naming its key (``model.layers[2]``),
         and nothing is written."""
-        data = run_config_json(configs)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / self.persist_config.CONFIG_FILENAME
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        temporary.replace(path)
-        fsync_dir(path.parent)
+        path = write_run_config(self.run_dir / self.persist_config.CONFIG_FILENAME, configs)
         if self.manager.options.mlflow is not None:
             self.manager.upload_file(path, "config")
         return path
 
     # -- paths ----------------------------------------------------------------------------
 
-    def _checkpoint_dir_of(self, run_name: str | None) -> Path:
-        if run_name is None or run_name == self.run_name:
-            return self.checkpoint_dir
-        return (
-            self.persist_config.get_run_base_dir(run_name)
-            / self.persist_config.CHECKPOINT_SAVE_DIR_NAME
-        )
-
-    def _reading(self, run_name: str | None) -> AbstractContextManager[CheckpointManager]:
-        """This run's manager, or a reader of another run ranking as this one does."""
-        if run_name is None or run_name == self.run_name:
-            return nullcontext(self.manager)
-        persist = self.persist_config
-        options = CheckpointManagerOptions(
-            read_only=True, best_metric=persist.BEST_METRIC, best_mode=persist.BEST_MODE
-        )
-        return CheckpointManager(self._checkpoint_dir_of(run_name), options)
-
-    def _step_path(self, run_name: str | None, step: int | None) -> Path:
-        directory = self._checkpoint_dir_of(run_name)
-        return directory if step is None else directory / step_dir_name(step)
-
     def best_step(self, run_name: str | None = None) -> int | None:
         """The best committed step of ``run_name`` (this run when None): the newest saved
         with ``is_best=True``, else the best by ``BEST_METRIC`` / ``BEST_MODE`` (NaN and
         infinities are never the best); None when no step is flagged or ranked."""
-        with self._reading(run_name) as reader:
-            return best_step(reader)
+        return self._paths.best_step(run_name)
 
     def get_checkpoint_path(
         self,
@@ -367,15 +264,7 @@ class DataManager:
 
         When no step fits (nothing saved yet, no best), the run's checkpoint directory, which
         is no step: loading from it fails with an error naming it."""
-        if step is not None and not (is_latest or is_best):
-            return self._step_path(run_name, step)
-        with self._reading(run_name) as reader:
-            found = (
-                best_step(reader)
-                if is_best and not is_latest
-                else newest_holding(reader, CHECKPOINT_ITEM)
-            )
-        return self._step_path(run_name, found)
+        return self._paths.checkpoint_path(run_name, step, is_latest=is_latest, is_best=is_best)
 
     def get_buffer_path(
         self, run_name: str | None = None, step: int | None = None, is_final: bool = False
@@ -383,10 +272,7 @@ class DataManager:
         """The step directory of ``step`` (the would-be path when it does not exist, as in
         1.0.0; ``is_final`` names the same directory), else of the newest step holding the
         buffer; the run's checkpoint directory when there is none."""
-        if step is not None:
-            return self._step_path(run_name, step)
-        with self._reading(run_name) as reader:
-            return self._step_path(run_name, newest_holding(reader, BUFFER_ITEM))
+        return self._paths.buffer_path(run_name, step)
 
     def find_latest_run_dir(self, current_run_name: str) -> str | None:
         """The name of the newest other run (by the ``YYYYmmdd_HHMMSS`` timestamp in its
@@ -414,81 +300,8 @@ class DataManager:
         error-level log naming it; when every checkpoint of the run is unreadable,
         :class:`CheckpointCorruptError` names them: never a silent fresh start. Nothing is
         applied here: :meth:`apply_loaded_state` puts the state into the live objects."""
-        train = self.train_config
-        if train.LOAD_CHECKPOINT_PATH or train.LOAD_BUFFER_PATH:
-            return read_explicit(train)
-        if self.manager.all_steps():
-            state = read_run(self.manager)
-            logger.info("resuming run %s from step %s", self.run_name, step_of(state))
-            return state
-        if self.manager.options.mlflow is not None:
-            fetched = self._load_remote()
-            if fetched is not None:
-                return fetched
-        if train.AUTO_RESUME_LATEST:
-            previous = self.find_latest_run_dir(self.run_name)
-            if previous is not None:
-                state = read_run_dir(
-                    self.persist_config.get_run_base_dir(previous), self.persist_config
-                )
-                logger.info(
-                    "resuming from run %s, step %s, into run %s",
-                    previous,
-                    step_of(state),
-                    self.run_name,
-                )
-                return state
-        logger.info("no checkpoint found for run %s: starting fresh", self.run_name)
-        return LoadedTrainingState()
-
-    def _load_remote(self) -> LoadedTrainingState | None:
-        try:
-            remote = self.manager.remote_steps(timeout=_REMOTE_CHECK_S)
-        except Exception as exc:
-            logger.warning(
-                "cannot check MLflow for checkpoints of run %s (%r): going on without",
-                self.run_name,
-                exc,
-            )
-            return None
-        if not remote:
-            return None
-        step = self.manager.fetch()
-        logger.info("resuming run %s from step %d, fetched from MLflow", self.run_name, step)
-        return read_run(self.manager)
+        return resume_state(self.manager, self.persist_config, self.train_config)
 
     # -- applying -------------------------------------------------------------------------
 
-    @staticmethod
-    def apply_loaded_state(
-        state: LoadedTrainingState,
-        nn: Any,
-        optimizer: torch.optim.Optimizer,
-        *,
-        buffer: Any = None,
-        stats_collector_actor: Any = None,
-        scheduler: Any = None,
-    ) -> tuple[int, int, int]:
-        """Put a loaded state back into the live objects: weights (into a ``NeuralNetwork``
-        or a ``torch.nn.Module``), optimizer, scheduler, RNG states, buffer (columns and
-        priorities; or 1.0.0's experience list), stats (a ``StatsCollectorActor`` handle or
-        a plain ``StatsCollector``). Returns (global_step, episodes_played,
-        total_simulations_run), zeros when fresh."""
-        data = state.checkpoint_data
-        counters = (0, 0, 0)
-        if data is not None:
-            load_network_weights(nn, data.model_state_dict)
-            optimizer.load_state_dict(data.optimizer_state_dict)
-            if scheduler is not None and data.scheduler_state_dict is not None:
-                scheduler.load_state_dict(data.scheduler_state_dict)
-            if data.rng_state is not None:
-                restore_rng_state(data.rng_state)
-            if stats_collector_actor is not None and data.stats_collector_state:
-                put_stats_state(stats_collector_actor, data.stats_collector_state)
-            counters = (data.global_step, data.episodes_played, data.total_simulations_run)
-        if buffer is not None and state.buffer_data is not None:
-            if state.buffer_data.buffer_state is not None:
-                buffer.load_state_dict(state.buffer_data.buffer_state)
-            elif state.buffer_data.buffer_list:
-                buffer.add_batch(state.buffer_data.buffer_list)
-        return counters
+    apply_loaded_state = staticmethod(apply_loaded_state)

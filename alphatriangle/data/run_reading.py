@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from alphatriangle.data.checkpoint import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointManager,
-    CheckpointManagerOptions,
     CheckpointNotFoundError,
     step_from_dir_name,
 )
+from alphatriangle.data.engine_options import BEST_FLAG, reader_options
 from alphatriangle.data.legacy import (
     legacy_checkpoint_files,
     load_legacy_buffer,
@@ -39,7 +40,6 @@ from alphatriangle.data.state_trees import (
 )
 
 __all__ = [
-    "BEST_FLAG",
     "best_step",
     "has_steps",
     "load_path",
@@ -54,12 +54,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BEST_FLAG = "is_best"  # the metric an is_best=True save carries (1.0.0's flag)
 _TIMESTAMP = re.compile(r"(\d{8}_\d{6})")
+# How each item's tree becomes its schema (the tag is checked there).
+_SCHEMA_OF: dict[str, Callable[[Any, Path], Any]] = {
+    CHECKPOINT_ITEM: checkpoint_from_tree,
+    BUFFER_ITEM: buffer_from_tree,
+}
+
+
+def _reader(directory: Path) -> CheckpointManager:
+    return CheckpointManager(directory, reader_options())
 
 
 def committed_steps(directory: Path) -> list[int]:
-    with CheckpointManager(directory, CheckpointManagerOptions(read_only=True)) as reader:
+    with _reader(directory) as reader:
         return reader.all_steps()
 
 
@@ -100,18 +108,16 @@ def step_of(state: LoadedTrainingState) -> int | None:
 def read_run(manager: CheckpointManager) -> LoadedTrainingState:
     """The newest intact checkpoint and buffer of a run (each from the newest step holding
     it; a corrupt step is skipped loudly; all corrupt: raises)."""
-    checkpoint = buffer = None
-    try:
-        tree = manager.restore(item=CHECKPOINT_ITEM, fallback=True)
-        checkpoint = checkpoint_from_tree(tree, manager.directory)
-    except CheckpointNotFoundError:
-        pass
-    try:
-        tree = manager.restore(item=BUFFER_ITEM, fallback=True)
-        buffer = buffer_from_tree(tree, manager.directory)
-    except CheckpointNotFoundError:
-        pass
-    return LoadedTrainingState(checkpoint_data=checkpoint, buffer_data=buffer)
+    found: dict[str, Any] = {}
+    for item, from_tree in _SCHEMA_OF.items():
+        try:
+            tree = manager.restore(item=item, fallback=True)
+        except CheckpointNotFoundError:
+            continue
+        found[item] = from_tree(tree, manager.directory)
+    return LoadedTrainingState(
+        checkpoint_data=found.get(CHECKPOINT_ITEM), buffer_data=found.get(BUFFER_ITEM)
+    )
 
 
 def load_path(path: Path, item: str) -> tuple[Any, Path | None]:
@@ -126,15 +132,13 @@ def load_path(path: Path, item: str) -> tuple[Any, Path | None]:
             f"{path} is neither a step directory (step_<N>/ with a manifest) nor a 1.0.0 .pkl file",
             path=path,
         )
-    with CheckpointManager(path.parent, CheckpointManagerOptions(read_only=True)) as reader:
+    with _reader(path.parent) as reader:
         tree = reader.restore(step, item=item)
-    if item == CHECKPOINT_ITEM:
-        return checkpoint_from_tree(tree, path), path
-    return buffer_from_tree(tree, path), path
+    return _SCHEMA_OF[item](tree, path), path
 
 
 def optional_buffer(step_dir: Path) -> BufferData | None:
-    with CheckpointManager(step_dir.parent, CheckpointManagerOptions(read_only=True)) as reader:
+    with _reader(step_dir.parent) as reader:
         step = step_from_dir_name(step_dir.name)
         assert step is not None
         if BUFFER_ITEM not in reader.metadata(step)["items"]:
@@ -177,7 +181,7 @@ def read_run_dir(run_dir: Path, persist: PersistenceConfig) -> LoadedTrainingSta
     """The newest intact checkpoint and buffer of another run: ours, or one 1.0.0 wrote."""
     checkpoints = run_dir / persist.CHECKPOINT_SAVE_DIR_NAME
     if has_steps(checkpoints):
-        with CheckpointManager(checkpoints, CheckpointManagerOptions(read_only=True)) as reader:
+        with _reader(checkpoints) as reader:
             return read_run(reader)
     checkpoint, _ = load_legacy_checkpoint_dir(checkpoints, persist)
     buffer_file = run_dir / persist.BUFFER_SAVE_DIR_NAME / persist.BUFFER_FILENAME
