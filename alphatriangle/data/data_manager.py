@@ -36,7 +36,7 @@ from alphatriangle.config import PersistenceConfig, TrainConfig
 from alphatriangle.data._safe_globals import register_safe_globals
 from alphatriangle.data.checkpoint import CheckpointManager, SaveHandle, StepExistsError
 from alphatriangle.data.engine_options import BEST_FLAG, writer_options
-from alphatriangle.data.parts import apply_loaded_state, check_parts
+from alphatriangle.data.parts import apply_loaded_state, check_parts, stats_state
 from alphatriangle.data.resume_rules import resume_state
 from alphatriangle.data.run_config import write_run_config
 from alphatriangle.data.run_paths import RunPaths
@@ -164,16 +164,13 @@ class DataManager:
         items: dict[str, Any] = {}
         if checkpoint_due:
             items[CHECKPOINT_ITEM] = checkpoint_tree(
+                nn,
+                optimizer,
+                scheduler,
+                stats=stats_state(stats_collector_actor, persist.STATS_ACTOR_TIMEOUT_S),
+                counters=(global_step, episodes_played, total_simulations_run),
                 run_name=self.run_name,
-                nn=nn,
-                optimizer=optimizer,
-                stats_collector_actor=stats_collector_actor,
-                stats_timeout_s=persist.STATS_ACTOR_TIMEOUT_S,
-                scheduler=scheduler,
                 user_data=user_data,
-                global_step=global_step,
-                episodes_played=episodes_played,
-                total_simulations_run=total_simulations_run,
             )
         if buffer_due:
             items[BUFFER_ITEM] = buffer_tree(buffer)
@@ -187,12 +184,9 @@ class DataManager:
         try:
             # A due step passes the engine's policy (the schedule); a final or best save is
             # asked for, whatever the schedule says: ``force``.
+            explicit = is_final or is_best
             handle = self.manager.save(
-                global_step,
-                items=items,
-                metrics=step_metrics,
-                force=is_final or is_best,
-                replace=replace,
+                global_step, items=items, metrics=step_metrics, force=explicit, replace=replace
             )
         except StepExistsError:  # saved moments ago and still in flight (a final save, say)
             logger.info("step %d is being saved already: nothing more to save", global_step)

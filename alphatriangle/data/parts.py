@@ -32,6 +32,11 @@ __all__ = [
 ]
 
 
+def _not_a(what: str, part: Any, why: str) -> TypeError:
+    """The error for a part that does not fit: the parameter, what it is, and ``why``."""
+    return TypeError(f"{what} is a {type(part).__name__}{why}")
+
+
 def network_model(nn: Any, caller: str) -> torch.nn.Module:
     """The Module holding the weights of ``nn``: ``nn`` itself, or 1.0.0's
     ``NeuralNetwork.model``; TypeError naming ``caller``'s parameter otherwise."""
@@ -40,9 +45,10 @@ def network_model(nn: Any, caller: str) -> torch.nn.Module:
     model = getattr(nn, "model", None)
     if isinstance(model, torch.nn.Module):
         return model
-    raise TypeError(
-        f"{caller}: nn is a {type(nn).__name__}: expected alphatriangle's NeuralNetwork "
-        "(with .model) or a torch.nn.Module"
+    raise _not_a(
+        f"{caller}: nn",
+        nn,
+        ": expected alphatriangle's NeuralNetwork (with .model) or a torch.nn.Module",
     )
 
 
@@ -55,7 +61,7 @@ def _config_dict(config: Any, what: str) -> dict[str, Any]:
         return {name: getattr(config, name) for name in type(config).model_fields}
     if isinstance(config, Mapping):
         return dict(config)
-    raise TypeError(f"nn.{what} is a {type(config).__name__}: expected a pydantic config or None")
+    raise _not_a(f"nn.{what}", config, ": expected a pydantic config or None")
 
 
 def network_configs(nn: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -85,9 +91,8 @@ def _is_actor(stats: Any) -> bool:
 def _check_stats(stats: Any, parameter: str) -> None:
     if stats is None or _is_actor(stats) or callable(getattr(stats, "get_state", None)):
         return
-    raise TypeError(
-        f"{parameter} is a {type(stats).__name__}: expected a StatsCollectorActor handle, "
-        "a StatsCollector, or None"
+    raise _not_a(
+        parameter, stats, ": expected a StatsCollectorActor handle, a StatsCollector, or None"
     )
 
 
@@ -123,9 +128,7 @@ def check_parts(*, nn: Any, optimizer: Any, stats: Any, buffer: Any, scheduler: 
         if (part is not None or name == "optimizer") and not callable(
             getattr(part, "state_dict", None)
         ):
-            raise TypeError(
-                f"save_training_state: {name} is a {type(part).__name__}, which has no state_dict()"
-            )
+            raise _not_a(f"save_training_state: {name}", part, ", which has no state_dict()")
 
 
 def apply_loaded_state(

@@ -8,7 +8,7 @@ version is a :class:`CheckpointCorruptError` naming where it was read. The parts
 through :mod:`alphatriangle.data.parts`, which checks them.
 
 Cost: building a tree references the live tensors and arrays (the engine's staging copies
-them); the stats actor's state is one bounded remote call.
+them).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alphatriangle.data.checkpoint import CheckpointCorruptError
-from alphatriangle.data.parts import network_configs, network_model, stats_state
+from alphatriangle.data.parts import network_configs, network_model
 from alphatriangle.data.rng_state import capture_rng_state
 from alphatriangle.data.schemas import BufferData, CheckpointData
 
@@ -38,21 +38,20 @@ _BUFFER_FORMAT = "alphatriangle.BufferData"
 
 
 def checkpoint_tree(
-    *,
-    run_name: str,
     nn: Any,
     optimizer: Any,
-    stats_collector_actor: Any,
-    stats_timeout_s: float,
     scheduler: Any,
+    *,
+    stats: Mapping[str, Any],
+    counters: tuple[int, int, int],
+    run_name: str,
     user_data: Mapping[str, Any] | None,
-    global_step: int,
-    episodes_played: int,
-    total_simulations_run: int,
 ) -> dict[str, Any]:
     """The ``checkpoint`` item, of parts that :func:`~alphatriangle.data.parts.check_parts`
-    accepted."""
+    accepted: ``stats`` is the stats' state, ``counters`` (global_step, episodes_played,
+    total_simulations_run); the RNG states are captured here."""
     model_config, env_config = network_configs(nn)
+    global_step, episodes_played, total_simulations_run = counters
     return {
         "format": _CHECKPOINT_FORMAT,
         "version": 1,
@@ -65,7 +64,7 @@ def checkpoint_tree(
             "env_config_dict": env_config,
             "model_state_dict": dict(network_model(nn, "save_training_state").state_dict()),
             "optimizer_state_dict": optimizer.state_dict(),
-            "stats_collector_state": stats_state(stats_collector_actor, stats_timeout_s),
+            "stats_collector_state": dict(stats),
             "scheduler_state_dict": None if scheduler is None else scheduler.state_dict(),
             "rng_state": capture_rng_state(),
             "user_data": dict(user_data or {}),

@@ -24,16 +24,13 @@ from alphatriangle.data.state_trees import (
 
 def _checkpoint(parts: Parts) -> dict[str, object]:
     return checkpoint_tree(
+        parts.nn,
+        parts.optimizer,
+        None,
+        stats={},
+        counters=(7, 3, 40),
         run_name="run",
-        nn=parts.nn,
-        optimizer=parts.optimizer,
-        stats_collector_actor=None,
-        stats_timeout_s=1.0,
-        scheduler=None,
         user_data={"note": "x"},
-        global_step=7,
-        episodes_played=3,
-        total_simulations_run=40,
     )
 
 
