@@ -71,8 +71,8 @@ def _user_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
             raise typer.Exit(141) from None
         except Exception as exc:
             # Loaded whenever one of its errors was raised (torch with it: not imported here).
-            errors = sys.modules.get("alphatriangle.data.checkpoint.errors")
-            if errors is not None and isinstance(exc, errors.CheckpointError):
+            engine = sys.modules.get("alphatriangle.data.checkpoint")
+            if engine is not None and isinstance(exc, engine.CheckpointError):
                 _fail(exc, 1)  # not found, corrupt, signature, weights only, lock
             if isinstance(exc, OSError):
                 _fail(exc if exc.filename is None else f"{exc.filename}: {exc.strerror}", 1)
