@@ -14,7 +14,12 @@ from dm_support import LEGACY_RUN, Parts, make_persist, make_train, save_step
 from helpers import assert_tree_equal
 
 from alphatriangle.config import PersistenceConfig
-from alphatriangle.data import CheckpointCorruptError, DataManager, LoadedTrainingState
+from alphatriangle.data import (
+    CheckpointCorruptError,
+    DataManager,
+    LoadedTrainingState,
+    resume_rules,
+)
 
 
 def test_resume_rules_explicit_path_and_previous_run(tmp_path: Path, caplog: Any) -> None:
@@ -128,3 +133,23 @@ def test_help_of_load_initial_state_states_the_resume_rules() -> None:
         "never a silent fresh start",
     ):
         assert rule in text, rule
+
+
+@pytest.mark.slow
+def test_mlflow_out_of_reach_is_a_warning_and_the_rules_go_on(
+    tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(resume_rules, "REMOTE_CHECK_S", 1.0)  # a refused port answers no better
+    first = make_train("train_20260101_000000")
+    parts = Parts(first)
+    with DataManager(make_persist(tmp_path, SAVE_BUFFER=False), first) as dm:
+        save_step(dm, parts, 5, is_final=True)
+    unreachable = PersistenceConfig(
+        ROOT_DATA_DIR=str(tmp_path), MLFLOW_TRACKING_URI_OVERRIDE="http://127.0.0.1:9"
+    )
+    with DataManager(unreachable, make_train("train_20260102_000000")) as dm:
+        loaded = dm.load_initial_state()
+    assert loaded.checkpoint_data is not None and loaded.checkpoint_data.global_step == 5
+    assert "cannot check MLflow for checkpoints of run train_20260102_000000" in caplog.text
+    assert "resuming from run train_20260101_000000, step 5" in caplog.text
