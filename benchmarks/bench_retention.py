@@ -32,7 +32,7 @@ from alphatriangle.data import (
     KeepLatest,
     StepInfo,
 )
-from alphatriangle.data.checkpoint.format import canonical, seal
+from alphatriangle.data.checkpoint.manifest import canonical, seal
 from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, step_dir_name
 
 OPTIONS = {"steps": 10_000}

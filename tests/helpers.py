@@ -84,7 +84,7 @@ def forge_step(
 
     import xxhash
 
-    from alphatriangle.data.checkpoint.format import canonical, seal
+    from alphatriangle.data.checkpoint.manifest import canonical, seal
 
     files = dict(files or {})
     if index is not None:

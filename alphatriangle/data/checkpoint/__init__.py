@@ -5,7 +5,7 @@ See ``alphatriangle/data/checkpoint/README.md`` for the format, the guarantees a
 """
 
 from alphatriangle.data.checkpoint._safe_unpickling import add_safe_globals, safe_globals
-from alphatriangle.data.checkpoint.commit import fsync_dir
+from alphatriangle.data.checkpoint.commit import fsync_dir, write_file_atomically
 from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
     CheckpointError,
@@ -16,10 +16,10 @@ from alphatriangle.data.checkpoint.errors import (
     UnsafeObjectError,
     WeightsOnlyError,
 )
+from alphatriangle.data.checkpoint.inspection import ArrayMetadata, PickledObject
 from alphatriangle.data.checkpoint.layout import step_dir_name, step_from_dir_name
 from alphatriangle.data.checkpoint.manager import CheckpointManager
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
-from alphatriangle.data.checkpoint.reading import ArrayMetadata, PickledObject
 from alphatriangle.data.checkpoint.retention import (
     AllOf,
     AnyOf,
@@ -86,4 +86,5 @@ __all__ = [
     "safe_globals",
     "step_dir_name",
     "step_from_dir_name",
+    "write_file_atomically",
 ]

@@ -32,22 +32,20 @@ import numpy as np
 import torch
 import xxhash
 
+from alphatriangle.data.checkpoint._array_building import ArrayReader
+from alphatriangle.data.checkpoint._verified_files import open_listed
 from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, TORCH_DTYPES, ArraySpec
 from alphatriangle.data.checkpoint.errors import CheckpointError
-from alphatriangle.data.checkpoint.format import Manifest
-from alphatriangle.data.checkpoint.reading import (
-    PickledObject,
-    _ArrayReader,
-    _corrupt,
-    _Index,
-    _open_regular,
-    _PickledPlaceholders,
-    _read_index,
-    _unpickle,
+from alphatriangle.data.checkpoint.full_restore import (
+    decode_item,
     read_item,
     refuse_objects,
+    unpickle_item_objects,
 )
-from alphatriangle.data.checkpoint.tree import TreeError, decode_tree
+from alphatriangle.data.checkpoint.index import Index, read_index
+from alphatriangle.data.checkpoint.layout import data_file, objects_file
+from alphatriangle.data.checkpoint.manifest import Manifest
+from alphatriangle.data.checkpoint.tree import PickledObject, PickledPlaceholders
 
 __all__ = ["restore_into"]
 
@@ -158,14 +156,12 @@ def restore_into(
 ) -> Any:
     """Fill ``target`` from ``item`` of the step (see the module docstring); returns it."""
     signed = signing_key is not None
-    index = _read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    index = read_index(step_dir, manifest, item, verify=verify, signed=signed)
     where = _Where(step_dir, manifest.step, item)
     slots = [_Slot(p) for p in range(len(index.specs))]
-    has_objects = f"{item}.objects.pkl" in manifest.files
-    try:
-        stored = decode_tree(index.tree, slots, _PickledPlaceholders() if has_objects else None)
-    except TreeError as exc:
-        raise _corrupt(step_dir / f"{item}.index.json", manifest.step, str(exc)) from None
+    has_objects = objects_file(item) in manifest.files
+    placeholders = PickledPlaceholders() if has_objects else None
+    stored = decode_item(step_dir, manifest, item, index.tree, arrays=slots, objects=placeholders)
     plan = _Plan(index.specs, where)
     plan.match(target, stored, item)
     if weights_only:
@@ -183,22 +179,19 @@ def restore_into(
         )
         with torch.no_grad():
             return _set_leaves(target, whole, copy=True)
-    data_path = step_dir / f"{item}.data"
-    fd, size = _open_regular(data_path, manifest.step)
+    data_path = step_dir / data_file(item)
+    fd = open_listed(data_path, manifest.step, manifest.files[data_file(item)]["size"])
     try:
-        listed = manifest.files[f"{item}.data"]["size"]
-        if size != listed:
-            raise _corrupt(data_path, manifest.step, f"size {size} bytes, manifest says {listed}")
-        arrays = _ArrayReader(
+        arrays = ArrayReader(
             fd, data_path, index, manifest.step, finish=lambda t, _: t, verify=verify
         )
         _fill(plan, index, arrays, verify=verify)
         objects = None
         if has_objects:
-            objects = _unpickle(
+            objects = unpickle_item_objects(
                 step_dir,
                 manifest,
-                f"{item}.objects.pkl",
+                item,
                 arrays,
                 verify=verify,
                 signed=False,
@@ -206,7 +199,7 @@ def restore_into(
             )
     finally:
         os.close(fd)
-    values = decode_tree(index.tree, slots, objects)
+    values = decode_item(step_dir, manifest, item, index.tree, arrays=slots, objects=objects)
     return _set_leaves(target, values, copy=False)
 
 
@@ -236,7 +229,7 @@ def _direct_view(
 _CHUNK = 4 << 20  # read, then hashed while it is still in the CPU's cache
 
 
-def _fill(plan: _Plan, index: _Index, arrays: _ArrayReader, *, verify: bool) -> None:
+def _fill(plan: _Plan, index: Index, arrays: ArrayReader, *, verify: bool) -> None:
     """Put every planned array into its target: contiguous CPU targets read straight from
     the file on two threads (each hashes what it just read, while it is in cache), the
     others read apart and copied in."""
@@ -259,8 +252,8 @@ def _fill(plan: _Plan, index: _Index, arrays: _ArrayReader, *, verify: bool) -> 
 
 def _read_checked(
     direct: list[tuple[int, np.ndarray[Any, np.dtype[np.uint8]]]],
-    arrays: _ArrayReader,
-    index: _Index,
+    arrays: ArrayReader,
+    index: Index,
     *,
     verify: bool,
 ) -> int | None:
@@ -282,7 +275,7 @@ def _read_checked(
                 hasher = xxhash.xxh3_64() if verify else None
                 for start in range(0, len(view), _CHUNK):
                     piece = view[start : start + _CHUNK].data
-                    arrays._pread(piece, offset + start)
+                    arrays.pread(piece, offset + start)
                     if hasher is not None:
                         hasher.update(piece)
                 if hasher is not None and hasher.hexdigest() != index.checksums[position]:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alphatriangle.data.checkpoint.commit import fsync_dir
+from alphatriangle.data.checkpoint.commit import write_file_atomically
 
 __all__ = ["LEDGER_NAME", "UploadLedger", "UploadStatus"]
 
@@ -91,7 +90,6 @@ class UploadLedger:
 
     def save(self) -> None:
         """Write atomically: a crash leaves the old ledger or the new one, whole."""
-        temporary = self.path.with_name(f"{LEDGER_NAME}.{os.getpid()}.tmp")
         self.failures = {s: why for s, why in self.failures.items() if s in self.pending}
         data = json.dumps(
             {
@@ -102,11 +100,4 @@ class UploadLedger:
                 "reason": self.reason if self.pending else None,
             }
         )
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        temporary.replace(self.path)
-        fsync_dir(self.path.parent)
+        write_file_atomically(self.path, data.encode())

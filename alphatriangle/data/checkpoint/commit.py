@@ -5,6 +5,10 @@ every file (the writer does that as it closes them), then the temporary director
 to its final name and fsyncs the parent, so that both the contents and the directory entry
 survive a power cut. ``rename`` is atomic on POSIX file systems: a reader sees either no step
 or the whole step.
+
+The same discipline for single files (:func:`write_file_atomically`: the upload ledger, the
+writer lock's holder record, a run's configuration) and for a directory filled by someone
+else (:func:`fsync_files`: a step downloaded from remote storage).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ __all__ = [
     "create_directory_durably",
     "create_temporary_step_dir",
     "fsync_dir",
+    "fsync_files",
     "remove_tree",
     "sweep_leftovers",
     "trash_step_dir",
+    "write_file_atomically",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,33 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_files(directory: Path) -> None:
+    """fsync every file directly in ``directory`` (not through symbolic links)."""
+    for path in directory.iterdir():
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash at any instant (SIGKILL, power cut)
+    leaves the old file or the new one, whole: a hidden temporary file beside it, fsynced,
+    renamed over it, and the directory fsynced. Cost: two fsyncs."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view.nbytes:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    temporary.replace(path)
+    fsync_dir(path.parent)
 
 
 def create_directory_durably(path: Path) -> None:

@@ -19,8 +19,10 @@ __all__ = [
     "CheckpointSignatureError",
     "LockTimeoutError",
     "StepExistsError",
+    "StepGoneError",
     "UnsafeObjectError",
     "WeightsOnlyError",
+    "corrupt_file",
 ]
 
 
@@ -84,3 +86,16 @@ class StepExistsError(CheckpointError, FileExistsError):
 
 class LockTimeoutError(CheckpointError, TimeoutError):
     """The directory's writer lock is held by another writer; the message names the holder."""
+
+
+class StepGoneError(CheckpointError):
+    """Internal: the step directory was deleted (or replaced) before a reader's lease took
+    hold. The manager answers it with :class:`CheckpointNotFoundError`, or by reading the
+    next newest step."""
+
+
+def corrupt_file(
+    path: str | os.PathLike[str], step: int | None, why: str
+) -> CheckpointCorruptError:
+    """The :class:`CheckpointCorruptError` of one file of a step: ``why`` it is corrupt."""
+    return CheckpointCorruptError(f"corrupt checkpoint file {path}: {why}", path=path, step=step)

@@ -9,8 +9,10 @@
                                        put back at open if its replacement never landed
     .writer.lock, .writer.json         the writer lock and who holds it
 ```
-Only directories named ``step_<9+ digits>`` that hold a manifest are steps; everything hidden
-is invisible to readers.
+Inside a step, per item (its name: :data:`ITEM_NAME`, the one rule): ``<item>.data``,
+``<item>.index.json`` and, when it holds pickled objects, ``<item>.objects.pkl``; the
+manifest, ``manifest.json``, last. Only directories named ``step_<9+ digits>`` that hold a
+manifest are steps; everything hidden is invisible to readers.
 """
 
 from __future__ import annotations
@@ -19,13 +21,23 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "DEFAULT_ITEM",
+    "FILE_NAME",
+    "ITEM_NAME",
     "MANIFEST_NAME",
     "Leftover",
     "StepScan",
+    "check_item_name",
+    "data_file",
+    "index_file",
+    "named_items",
+    "objects_file",
     "scan_leftovers",
     "scan_steps",
     "step_dir_name",
@@ -36,6 +48,10 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 STEP_WIDTH = 9
+
+DEFAULT_ITEM = "state"  # the item of save(step, state)
+ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")  # any file a manifest lists
 
 _STEP_RE = re.compile(r"^step_(\d{9,})$")
 _LEFTOVER_RE = re.compile(r"^\.step_(\d{9,})\.(tmp|del|old)-[\w-]+$")
@@ -52,6 +68,43 @@ def step_from_dir_name(name: str) -> int | None:
     """The step a committed directory name stands for, or None for any other name."""
     match = _STEP_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def data_file(item: str) -> str:
+    """The file of an item's array bytes."""
+    return f"{item}.data"
+
+
+def index_file(item: str) -> str:
+    """The file of an item's tree and array table."""
+    return f"{item}.index.json"
+
+
+def objects_file(item: str) -> str:
+    """The file of an item's pickled objects (only when it has some)."""
+    return f"{item}.objects.pkl"
+
+
+def check_item_name(name: object) -> str:
+    """``name`` when it is an item name (letters, digits, ``_`` and ``-``, not first; at
+    most 128 characters); ValueError otherwise."""
+    if not isinstance(name, str) or not ITEM_NAME.match(name):
+        raise ValueError(f"item names are letters, digits, '_' and '-' (not first), got {name!r}")
+    return name
+
+
+def named_items(state: Any, items: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The named items of one save: ``state`` alone is the item :data:`DEFAULT_ITEM`;
+    ValueError for both, neither item, or a name that is no item name."""
+    if items is None:
+        return {DEFAULT_ITEM: state}
+    if state is not None:
+        raise ValueError("give state or items, not both")
+    if not items:
+        raise ValueError("items must name at least one item")
+    for name in items:
+        check_item_name(name)
+    return dict(items)
 
 
 def _hidden_name(step: int, kind: str) -> str:

@@ -31,14 +31,21 @@ from pathlib import Path
 
 import filelock
 
-from alphatriangle.data.checkpoint.errors import LockTimeoutError
+from alphatriangle.data.checkpoint.commit import write_file_atomically
+from alphatriangle.data.checkpoint.errors import (
+    CheckpointNotFoundError,
+    LockTimeoutError,
+    StepGoneError,
+)
+from alphatriangle.data.checkpoint.layout import step_dir_name
 
 __all__ = [
     "HOLDER_NAME",
     "LOCK_NAME",
-    "StepGoneError",
     "WriterLock",
+    "leased_step",
     "reader_lease",
+    "step_not_found",
     "try_take_step",
 ]
 
@@ -94,10 +101,8 @@ class WriterLock:
             "host": socket.gethostname(),
             "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        temporary = self.directory / f"{HOLDER_NAME}.{os.getpid()}.tmp"
         try:
-            temporary.write_text(json.dumps(record))
-            temporary.replace(self.directory / HOLDER_NAME)
+            write_file_atomically(self.directory / HOLDER_NAME, json.dumps(record).encode())
         except BaseException:
             self.release()
             raise
@@ -120,10 +125,6 @@ class WriterLock:
             with _held_here_lock:
                 _held_here.discard(self._key)
             self._key = None
-
-
-class StepGoneError(Exception):
-    """The step directory was deleted (or replaced) before the lease took hold."""
 
 
 @contextlib.contextmanager
@@ -152,6 +153,26 @@ def reader_lease(step_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+@contextlib.contextmanager
+def leased_step(directory: Path, step: int) -> Iterator[Path]:
+    """:func:`reader_lease` on committed ``step`` of ``directory``, yielding its path; a step
+    that is gone raises :class:`CheckpointNotFoundError`."""
+    step_dir = directory / step_dir_name(step)
+    try:
+        with reader_lease(step_dir):
+            yield step_dir
+    except StepGoneError:
+        raise step_not_found(directory, step) from None
+
+
+def step_not_found(directory: Path, step: int) -> CheckpointNotFoundError:
+    """What a reader is told of a step that is not (or no longer) committed."""
+    step_dir = directory / step_dir_name(step)
+    return CheckpointNotFoundError(
+        f"step {step} not found in {directory}", path=step_dir, step=step
+    )
 
 
 @contextlib.contextmanager

@@ -1,98 +1,67 @@
-"""The checkpoint manager: orchestrates the save pipeline; owns no format, naming or policy."""
+"""The checkpoint manager: orchestrates save and restore; owns no format, naming or policy.
+
+Its public methods delegate: saving to ``staging`` (stage), ``writer`` (the background job),
+``step_writer`` (files), ``deleter`` (commit, replace, delete, retention); restoring to
+``restore`` (the read pipeline) and ``inspection``; which steps exist to ``catalog``; remote
+storage to ``sync`` behind ``remote.RemoteStore``. See the engine README's module map.
+"""
 
 from __future__ import annotations
 
 import logging
-import numbers
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
-import torch
-
 from alphatriangle.data.checkpoint._devices import DeviceMap
-from alphatriangle.data.checkpoint._fill import restore_into
+from alphatriangle.data.checkpoint._fallback import newest_intact
 from alphatriangle.data.checkpoint._interrupts import holding, interrupts_deferred
 from alphatriangle.data.checkpoint._lifecycle import on_drop, weakly
+from alphatriangle.data.checkpoint._query_methods import QueryMethods
+from alphatriangle.data.checkpoint._remote_methods import RemoteStorageMethods
+from alphatriangle.data.checkpoint.catalog import StepCatalog
 from alphatriangle.data.checkpoint.commit import (
-    commit_step_dir,
     create_directory_durably,
     create_temporary_step_dir,
     remove_tree,
     sweep_leftovers,
-    trash_step_dir,
 )
-from alphatriangle.data.checkpoint.errors import (
-    CheckpointCorruptError,
-    CheckpointError,
-    CheckpointNotFoundError,
-    StepExistsError,
-)
-from alphatriangle.data.checkpoint.format import write_step_files
-from alphatriangle.data.checkpoint.layout import scan_steps, step_dir_name
-from alphatriangle.data.checkpoint.locking import (
-    StepGoneError,
-    WriterLock,
-    reader_lease,
-    try_take_step,
-)
+from alphatriangle.data.checkpoint.deleter import StepDeleter
+from alphatriangle.data.checkpoint.errors import CheckpointError, CheckpointNotFoundError
+from alphatriangle.data.checkpoint.layout import DEFAULT_ITEM, named_items
+from alphatriangle.data.checkpoint.locking import WriterLock
+from alphatriangle.data.checkpoint.manifest import check_metrics
 from alphatriangle.data.checkpoint.mapping import PinnedChunks
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
-from alphatriangle.data.checkpoint.reading import (
-    Selector,
-    read_array_metadata,
-    read_item,
-    read_manifest,
-    read_selected,
-    verify_step,
-)
-from alphatriangle.data.checkpoint.retention import RetentionPolicy, StepInfo, best_of
+from alphatriangle.data.checkpoint.partial_restore import Selector
+from alphatriangle.data.checkpoint.restore import RestoreRequest, restore_newest
+from alphatriangle.data.checkpoint.retention import StepInfo
 from alphatriangle.data.checkpoint.save_decision import SaveContext
-from alphatriangle.data.checkpoint.staging import (
-    StagedState,
-    StagingPool,
-    StagingSlot,
-    stage_state,
-)
-from alphatriangle.data.checkpoint.sync import MlflowSync, UploadStatus
+from alphatriangle.data.checkpoint.staging import StagedState, StagingPool, stage_state
+from alphatriangle.data.checkpoint.step_writer import write_step_files
+from alphatriangle.data.checkpoint.sync import MlflowSync
 from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
 
 __all__ = ["CheckpointManager"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ITEM = "state"
-_ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")  # as reading.py admits
-_RESTORE_ATTEMPTS = 16
-_BLOCKED_WARNING_MS = 20.0  # shorter waits are scheduling jitter, not a bottleneck
 
-
-@dataclass(frozen=True)
-class _Reading:
-    """How one restore reads (passed through its retries and fallbacks)."""
-
-    map_location: Any
-    weights_only: bool | None
-    select: list[Selector] | None
-    item: str = "state"
-    target: Any = None  # restore(target=...): filled in place
-
-
-class CheckpointManager:
+class CheckpointManager(QueryMethods, RemoteStorageMethods):
     """Saves state trees as numbered steps in one directory, and restores them.
 
     A save runs 1) stage, on the caller's thread: tensors and arrays copied into a reusable
     host buffer, other leaves pickled; ``save`` returns here 2) write, on the background
     writer thread: every file into a hidden temporary directory, fsynced, manifest last
     3) commit: the directory renamed to ``step_<N>`` and its parent fsynced 4) retain: the
-    retention policy decides, the deleter removes what it does not keep.
+    retention policy decides, the deleter removes what it does not keep 5) sync: the upload
+    is queued (with MLflow sync on).
+
+    A restore runs 1) lease 2) manifest 3) index 4) map and verify 5) build arrays
+    6) unpickle 7) decode (``restore.py``).
 
     Guarantees: what ``restore`` returns equals the state when ``save`` returned; a step is
     visible whole or not at all, and durable once its handle's ``committed`` is done; a crash
@@ -102,7 +71,9 @@ class CheckpointManager:
     directory, readers (``read_only=True``) any number.
 
     The public methods may be called from several threads: saves are serialised, restores run
-    concurrently with them.
+    concurrently with them. The remote-storage methods (``fetch``, ``wait_for_uploads``, ...)
+    are in ``_remote_methods.py``, the read-only queries (``verify``, ``metadata``,
+    ``plan_retention``, ...) in ``_query_methods.py``.
     """
 
     def __init__(
@@ -116,12 +87,8 @@ class CheckpointManager:
         self.options = options if options is not None else CheckpointManagerOptions()
         self.skipped_steps: list[int] = []
         self._clock = clock
-        self._state_lock = threading.RLock()
+        self._catalog = StepCatalog(self.directory, rescan_on_list=self.options.read_only)
         self._save_lock = threading.Lock()
-        self._infos: dict[int, StepInfo | None] = {}  # committed steps; info once read
-        self._in_flight: set[int] = set()
-        self._last_saved: tuple[int, float] | None = None  # step, wall time: save policies
-        self._warned_incomplete: set[Path] = set()
         self._closed = False
         self._released = False  # the writer stopped and the lock released: close is done
         self._close_lock = threading.Lock()
@@ -150,6 +117,12 @@ class CheckpointManager:
                 best_step=weakly(self.best_step, None),
                 on_failure=self._writer.record,
             )
+        self._deleter = StepDeleter(
+            self._catalog,
+            lock_timeout_s=self.options.lock_timeout_s,
+            clock=clock,
+            uploads_pending=set if self._sync is None else self._sync.protected,
+        )
         if self._lock is not None:
             # A manager dropped without close() (a notebook cell run again) frees its lock.
             self._forget_drop = on_drop(self, self.directory, self._writer, self._sync, self._lock)
@@ -181,14 +154,13 @@ class CheckpointManager:
         step is due, it is not committed or in flight, and this manager can write."""
         if self.options.read_only or self._closed:
             return False
-        with self._state_lock:
-            if step in self._infos or step in self._in_flight:
-                return False
+        if self._catalog.is_committed(step) or step in self._catalog.in_flight():
+            return False
         return self._due(step)
 
     def _due(self, step: int) -> bool:
-        with self._state_lock:
-            last = self._last_saved
+        with self._catalog.lock:
+            last = self._catalog.last_saved
         context = SaveContext(
             step=step,
             now=self._clock(),
@@ -199,8 +171,7 @@ class CheckpointManager:
 
     def saving_in_progress(self) -> bool:
         """Whether a save is staged and not yet committed (or failed)."""
-        with self._state_lock:
-            return bool(self._in_flight)
+        return bool(self._catalog.in_flight())
 
     @interrupts_deferred
     def save(
@@ -230,49 +201,25 @@ class CheckpointManager:
         writer.raise_error(clear=True)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
-        trees = _items(state, items)
-        with self._state_lock:
-            exists = step in self._infos
-            if (exists and not replace) or step in self._in_flight:
-                raise StepExistsError(
-                    f"step {step} already exists in {self.directory}"
-                    + ("" if exists else " (in flight)")
-                    + "; pass replace=True to overwrite a committed step",
-                    path=self.directory / step_dir_name(step),
-                    step=step,
-                )
+        trees = named_items(state, items)
+        self._catalog.refuse_existing(step, replace=replace, hint=True)
         if not (force or replace) and not self._due(step):
             return None
-        checked_metrics = _check_metrics(metrics)
+        checked_metrics = check_metrics(metrics)
         with holding(self._save_lock):
             # close() sets _closed, then takes this lock to stop the writer: a save that got
             # here after it must not queue a job that nothing would run.
             self._check_open()
-            with self._state_lock:
-                if (step in self._infos and not replace) or step in self._in_flight:
-                    raise StepExistsError(
-                        f"step {step} already exists in {self.directory}",
-                        path=self.directory / step_dir_name(step),
-                        step=step,
-                    )
-            waiting_since = time.perf_counter()
-            slot = pool.acquire(block=self.options.on_full == "wait")
-            waited_ms = (time.perf_counter() - waiting_since) * 1000
-            if waited_ms >= _BLOCKED_WARNING_MS:
-                logger.warning(
-                    "save of step %d waited %.0f ms for earlier saves to finish: "
-                    "checkpointing is the bottleneck (save less often, or raise max_pending)",
-                    step,
-                    waited_ms,
-                )
+            self._catalog.refuse_existing(step, replace=replace)
+            slot = pool.acquire_for(step, block=self.options.on_full == "wait")
             if slot is None:
                 self.skipped_steps.append(step)
-                logger.warning(
-                    "skipped checkpoint of step %d: %d saves still in flight (on_full='skip')",
-                    step,
-                    self.options.max_pending,
-                )
                 return None
+
+            def finish_save() -> None:
+                pool.release(slot)
+                self._catalog.end_save(step)
+
             queued = False
             try:  # until the job is queued, any exception (Ctrl-C too) gives everything back
                 if writer.has_error():
@@ -283,27 +230,20 @@ class CheckpointManager:
                 }
                 handle = SaveHandle(step)
                 handle.staged.set_result(None)
-                with self._state_lock:
-                    self._in_flight.add(step)
+                self._catalog.begin_save(step)
                 info = StepInfo(step, self._clock(), checked_metrics, frozenset(trees))
                 writer.submit(
                     lambda: self._write_step(info, staged, replace),
                     handle,
-                    lambda: self._finish_save(info.step, slot, pool),
+                    finish_save,
                     lambda: self._after_commit(info.step),
                 )
                 queued = True
-                with self._state_lock:
-                    self._last_saved = (step, info.wall_time)
+                self._catalog.note_queued(step, info.wall_time)
             finally:
                 if not queued:
-                    self._finish_save(step, slot, pool)
+                    finish_save()
             return handle
-
-    def _finish_save(self, step: int, slot: StagingSlot, pool: StagingPool) -> None:
-        pool.release(slot)
-        with self._state_lock:
-            self._in_flight.discard(step)
 
     def _write_step(self, info: StepInfo, staged: Mapping[str, StagedState], replace: bool) -> Path:
         """Runs on the writer thread: 2) write 3) commit. Retention (4) runs after the
@@ -318,49 +258,21 @@ class CheckpointManager:
                 wall_time=info.wall_time,
                 signing_key=self.options.signing_key,
             )
-            final = self._commit(temporary, info.step, replace)
+            final = self._deleter.commit(temporary, info.step, replace=replace)
         except BaseException:
             remove_tree(temporary)
             raise
-        with self._state_lock:
-            self._infos[info.step] = info  # _finish_save then drops it from _in_flight
+        self._catalog.add_committed(info.step, info)  # the job's cleanup ends its flight
         return final
 
-    def _commit(self, temporary: Path, step: int, replace: bool) -> Path:
-        final = self.directory / step_dir_name(step)
-        if not (replace and final.exists()):
-            return commit_step_dir(temporary, step)
-        committed: list[Path] = []
+    def _after_commit(self, step: int) -> None:
+        """On the writer thread, after ``step`` committed: 4) retain 5) sync (the upload
+        itself runs on the uploader's thread)."""
+        if self._sync is not None:
+            self._sync.enqueue(step)  # before retention: a pending upload is protected
+        self._deleter.apply_retention(self.options.retention)
 
-        def replace_unread() -> bool:
-            with try_take_step(final) as taken:
-                if taken:
-                    committed.append(commit_step_dir(temporary, step, replace=True))
-            return taken
-
-        self._without_readers(final, step, "replace", replace_unread)
-        return committed[0] if committed else commit_step_dir(temporary, step)
-
-    def _without_readers(
-        self, step_dir: Path, step: int, action: str, attempt: Callable[[], bool]
-    ) -> None:
-        """Retry ``attempt`` (which acts only when no reader holds ``step_dir``) for up to
-        ``lock_timeout_s``; then raise :class:`CheckpointError`. Returns as soon as it acted
-        or the step is gone."""
-        deadline = time.monotonic() + self.options.lock_timeout_s
-        while not attempt():
-            if not step_dir.exists():
-                return  # gone meanwhile (retention took it)
-            if time.monotonic() > deadline:
-                raise CheckpointError(
-                    f"cannot {action} step {step}: readers held it for "
-                    f"{self.options.lock_timeout_s:g} s",
-                    path=step_dir,
-                    step=step,
-                )
-            time.sleep(0.01)
-
-    # -- deleting -------------------------------------------------------------------------
+    # -- deleting -----------------------------------------------------------
 
     def delete(self, step: int) -> None:
         """Delete a committed step now (for a rollback: restore an older step, delete the
@@ -370,113 +282,7 @@ class CheckpointManager:
         not committed, :class:`StepExistsError` for a step in flight, and
         :class:`CheckpointError` when readers held it throughout."""
         self._writable()
-        step_dir = self.directory / step_dir_name(step)
-        with self._state_lock:
-            if step in self._in_flight:
-                raise StepExistsError(f"step {step} is being saved", path=step_dir, step=step)
-            if step not in self._infos:
-                raise CheckpointNotFoundError(
-                    f"step {step} not found in {self.directory}", path=step_dir, step=step
-                )
-        self._without_readers(step_dir, step, "delete", lambda: self._delete_step(step))
-        with self._state_lock:
-            self._infos.pop(step, None)
-            deleted_last = self._last_saved is not None and self._last_saved[0] == step
-        if deleted_last:  # policies now count from the newest step that is left
-            newest = self._newest_committed()
-            with self._state_lock:
-                self._last_saved = newest
-
-    # -- retention ------------------------------------------------------------------------
-
-    def _after_commit(self, step: int) -> None:
-        """On the writer thread, after ``step`` committed: 4) retain 5) sync (the upload
-        itself runs on the uploader's thread)."""
-        if self._sync is not None:
-            self._sync.enqueue(step)  # before retention: a pending upload is protected
-        self._apply_retention()
-
-    def _apply_retention(self) -> None:
-        with self._state_lock:
-            steps = sorted(self._infos)
-            protected = set(self._in_flight)
-        if self._sync is not None and self._sync.options.keep_until_uploaded:
-            protected |= self._sync.pending()
-        if len(steps) <= 1:
-            return
-        keep = self.plan_retention(steps=steps) | protected
-        for step in steps:
-            if step not in keep and not self._delete_step(step):
-                logger.info("step %d is being read; retention deletes it later", step)
-
-    def plan_retention(
-        self, policy: RetentionPolicy | None = None, *, steps: list[int] | None = None
-    ) -> set[int]:
-        """The committed steps that ``policy`` (the configured one when None) keeps, with
-        what no policy may delete: the newest step, the newest step holding each item, and
-        steps whose manifest cannot be read. Decides only; deletes nothing."""
-        steps = self.all_steps() if steps is None else steps
-        if not steps:
-            return set()
-        # Manifests are read (once per step, then cached) whatever the policy: only they say
-        # which items a step holds.
-        infos, unreadable = self._step_infos(steps)
-        keep = (policy or self.options.retention).keep(infos, self._clock())
-        newest_per_item = {item: info.step for info in infos for item in info.items}
-        return keep | unreadable | {steps[-1]} | set(newest_per_item.values())
-
-    def _step_infos(self, steps: list[int]) -> tuple[list[StepInfo], set[int]]:
-        """StepInfo of each step: wall time, metrics, items (manifests are read once per
-        step, then cached); steps whose manifest cannot be read are returned apart, and
-        retention never deletes them."""
-        infos, unreadable = [], set()
-        for step in steps:
-            with self._state_lock:
-                info = self._infos.get(step)
-            if info is None:
-                try:
-                    manifest = read_manifest(self.directory / step_dir_name(step), step)
-                except CheckpointCorruptError as exc:
-                    logger.error(
-                        "retention keeps step %d, whose manifest is unreadable: %s", step, exc
-                    )
-                    unreadable.add(step)
-                    continue
-                info = StepInfo(
-                    step, manifest.wall_time, dict(manifest.metrics), frozenset(manifest.items)
-                )
-                with self._state_lock:
-                    if step in self._infos:
-                        self._infos[step] = info
-            infos.append(info)
-        return infos, unreadable
-
-    def _delete_step(self, step: int) -> bool:
-        """Take ``step`` out of sight and remove it; False when a reader holds it (or it is
-        gone already)."""
-        step_dir = self.directory / step_dir_name(step)
-        with try_take_step(step_dir) as taken:
-            if not taken:
-                return False
-            trash = trash_step_dir(step_dir, step)
-        with self._state_lock:
-            self._infos.pop(step, None)
-        remove_tree(trash)
-        return True
-
-    def best_step(self) -> int | None:
-        """The best committed step by the configured ranking (``best_metric``/``best_mode``,
-        else the retention's ``KeepBest``); None when no step has a finite value for it.
-        Raises ValueError when no ranking is configured."""
-        ranking = self.options.best_ranking()
-        if ranking is None:
-            raise ValueError(
-                "best_step needs a ranking: set best_metric in the options, "
-                "or use a KeepBest in retention"
-            )
-        infos, _ = self._step_infos(self.all_steps())
-        best = best_of(infos, ranking.metric, ranking.mode)
-        return best[0] if best else None
+        self._deleter.delete(step)
 
     # -- restoring ------------------------------------------------------------------------
 
@@ -537,7 +343,7 @@ class CheckpointManager:
             select = [select]  # one key, never read letter by letter
         if target is not None and (select is not None or map_location is not None):
             raise ValueError("target is filled where its tensors are: no select, no map_location")
-        reading = _Reading(
+        request = RestoreRequest(
             DeviceMap(map_location),
             weights_only,
             None if select is None else list(select),
@@ -545,170 +351,35 @@ class CheckpointManager:
             target,
         )
         if not fallback:
-            return self._restore(step, reading)
-        first_error: CheckpointCorruptError | None = None
-        for candidate in self._steps_holding(item):
-            try:
-                state = self._restore(candidate, reading)
-            except CheckpointCorruptError as exc:
-                logger.error("skipping corrupt step %d: %s", candidate, exc)
-                first_error = first_error or exc
-                continue
-            except CheckpointNotFoundError:
-                continue  # deleted by retention since the listing: an older one follows
-            if first_error is not None:
-                logger.error(
-                    "restored step %d, the newest intact one: newer steps are corrupt",
-                    candidate,
-                )
-            return state
-        if first_error is not None:
-            raise first_error
-        return self._restore(None, reading)  # nothing committed: the usual error
-
-    def _steps_holding(self, item: str) -> list[int]:
-        """Committed steps, newest first, that hold ``item`` (or whose manifest cannot say:
-        restoring them reports why)."""
-        steps = self.all_steps()
-        if item == DEFAULT_ITEM and not any(
-            info is not None and info.items != {DEFAULT_ITEM} for info in self._infos.values()
-        ):
-            return steps[::-1]
-        infos, unreadable = self._step_infos(steps)
-        holding = {info.step for info in infos if item in info.items} | unreadable
-        return [s for s in reversed(steps) if s in holding]
-
-    def _restore(self, step: int | None, reading: _Reading) -> Any:
-        self._check_open()
-        for _ in range(_RESTORE_ATTEMPTS):
-            if step is not None:
-                candidate: int | None = step
-            else:
-                holding = self._steps_holding(reading.item)
-                candidate = holding[0] if holding else None
-            if candidate is None:
-                raise CheckpointNotFoundError(
-                    f"no committed checkpoint holding {reading.item!r} in {self.directory}",
-                    path=self.directory,
-                )
-            step_dir = self.directory / step_dir_name(candidate)
-            try:
-                with reader_lease(step_dir):
-                    key = self.options.signing_key
-                    manifest = read_manifest(step_dir, candidate, signing_key=key)
-                    if reading.item not in manifest.items:
-                        raise CheckpointNotFoundError(
-                            f"step {candidate} holds no item {reading.item!r} "
-                            f"(it holds {list(manifest.items)})",
-                            path=step_dir,
-                            step=candidate,
-                        )
-                    verify = self.options.verify_on_restore
-                    if reading.target is not None:
-                        return restore_into(
-                            reading.target,
-                            step_dir,
-                            manifest,
-                            reading.item,
-                            verify=verify,
-                            weights_only=reading.weights_only,
-                            signing_key=key,
-                        )
-                    if reading.select is not None:
-                        return read_selected(
-                            step_dir,
-                            manifest,
-                            reading.item,
-                            reading.select,
-                            verify=verify,
-                            map_location=reading.map_location,
-                            weights_only=reading.weights_only,
-                            signing_key=key,
-                        )
-                    return read_item(
-                        step_dir,
-                        manifest,
-                        reading.item,
-                        verify=verify,
-                        map_location=reading.map_location,
-                        weights_only=reading.weights_only,
-                        signing_key=key,
-                        mode=self.options.restore_mode,
-                        pinned=self._pinned,
-                    )
-            except StepGoneError:
-                if step is not None:
-                    raise CheckpointNotFoundError(
-                        f"step {step} not found in {self.directory}", path=step_dir, step=step
-                    ) from None
-                self.reload()
-        raise CheckpointError(
-            f"the newest step of {self.directory} was deleted {_RESTORE_ATTEMPTS} times "
-            "before it could be read",
-            path=self.directory,
+            return self._restore(step, request)
+        found = newest_intact(
+            self._catalog.steps_holding(item),
+            lambda candidate: self._restore(candidate, request),
+            skipped="skipping corrupt step %d: %s",
+            found="restored step %d, the newest intact one: newer steps are corrupt",
+            passes=(CheckpointNotFoundError,),  # deleted by retention since the listing
         )
+        if found is not None:
+            return found[1]
+        return self._restore(None, request)  # nothing committed: the usual error
 
-    def array_metadata(self, step: int | None = None, *, item: str = DEFAULT_ITEM) -> Any:
-        """The tree of ``item`` in ``step`` (the newest when None) with each tensor and array
-        replaced by its :class:`ArrayMetadata` (framework, dtype, shape, bytes, device) and
-        each pickled leaf by a :class:`PickledObject`: read from the index alone, without
-        reading array data or unpickling anything. KeyError when the step has no ``item``."""
+    def _restore(self, step: int | None, request: RestoreRequest) -> Any:
         self._check_open()
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointNotFoundError(
-                f"no committed checkpoint in {self.directory}", path=self.directory
-            )
-        step_dir = self.directory / step_dir_name(step)
-        key = self.options.signing_key
-        try:
-            with reader_lease(step_dir):
-                manifest = read_manifest(step_dir, step, signing_key=key)
-                return read_array_metadata(step_dir, manifest, item, signing_key=key)
-        except StepGoneError:
-            raise CheckpointNotFoundError(
-                f"step {step} not found in {self.directory}", path=step_dir, step=step
-            ) from None
-
-    def verify(self, step: int) -> None:
-        """Check every file of ``step`` (sizes, checksums, signature when a key is set) and
-        every item's index and tree, without unpickling anything or building a tensor.
-        Raises :class:`CheckpointCorruptError` naming the file, or
-        :class:`CheckpointNotFoundError`."""
-        self._check_open()
-        step_dir = self.directory / step_dir_name(step)
-        key = self.options.signing_key
-        try:
-            with reader_lease(step_dir):
-                manifest = read_manifest(step_dir, step, signing_key=key)
-                verify_step(step_dir, manifest, signing_key=key)
-        except StepGoneError:
-            raise CheckpointNotFoundError(
-                f"step {step} not found in {self.directory}", path=step_dir, step=step
-            ) from None
-
-    def metadata(self, step: int) -> dict[str, Any]:
-        """The manifest of ``step``: step, wall time, metrics (floats, NaN and infinities
-        included), items, files with sizes and checksums, library versions."""
-        self._check_open()
-        step_dir = self.directory / step_dir_name(step)
-        try:
-            with reader_lease(step_dir):
-                manifest = read_manifest(step_dir, step)
-                return {**manifest.raw, "metrics": dict(manifest.metrics)}
-        except StepGoneError:
-            raise CheckpointNotFoundError(
-                f"step {step} not found in {self.directory}", path=step_dir, step=step
-            ) from None
+        return restore_newest(
+            self.directory,
+            step,
+            request,
+            self.options,
+            self._pinned,
+            steps_holding=self._catalog.steps_holding,
+            reload=self.reload,
+        )
 
     # -- listing --------------------------------------------------------------------------
 
     def all_steps(self) -> list[int]:
         """Committed steps, ascending. A reader rescans the directory on every call."""
-        if self.options.read_only:
-            self.reload()
-        with self._state_lock:
-            return sorted(self._infos)
+        return self._catalog.all_steps()
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None."""
@@ -719,31 +390,7 @@ class CheckpointManager:
         """Rescan the directory for committed steps. A step-named directory without a
         manifest (empty, or copied in without one) is no step: it is left alone and named in
         a warning (once)."""
-        with self._state_lock:  # held across the scan: a commit meanwhile is never lost
-            scan = scan_steps(self.directory)
-            self._infos = {step: self._infos.get(step) for step in scan.steps}
-            for path in scan.incomplete:
-                if path not in self._warned_incomplete:
-                    self._warned_incomplete.add(path)
-                    logger.warning(
-                        "%s has no manifest: it is not a committed step, and is left alone",
-                        path,
-                    )
-            if self._last_saved is None and not self.options.read_only:
-                self._last_saved = self._newest_committed()
-
-    def _newest_committed(self) -> tuple[int, float] | None:
-        """The newest committed step and its wall time (what save policies count from
-        before this manager's first save)."""
-        with self._state_lock:
-            if not self._infos:
-                return None
-            newest = max(self._infos)
-        try:
-            manifest = read_manifest(self.directory / step_dir_name(newest), newest)
-        except CheckpointCorruptError:
-            return (newest, float("-inf"))  # due by time; restoring it will say what is wrong
-        return (newest, manifest.wall_time)
+        self._catalog.reload()
 
     # -- finishing ------------------------------------------------------------------------
 
@@ -756,123 +403,6 @@ class CheckpointManager:
         if self._writer is not None:
             self._writer.wait_idle()
             self._writer.raise_error(clear=False)
-
-    # -- MLflow sync ----------------------------------------------------------------------
-
-    def _synced(self) -> MlflowSync:
-        self._check_open()
-        if self._sync is None:
-            raise CheckpointError(
-                "MLflow sync is off: open a writer with CheckpointManagerOptions(mlflow=...)",
-                path=self.directory,
-            )
-        return self._sync
-
-    def wait_for_uploads(self, timeout: float | None = None) -> bool:
-        """Wait for the saves in flight to commit, then up to ``timeout`` seconds more for
-        every pending upload; whether all were uploaded (if not, a warning says what is left
-        and why). Never raises for the network."""
-        sync = self._synced()
-        if self._writer is not None:
-            self._writer.wait_idle()
-        return sync.drain(timeout)
-
-    def mlflow_run_id(self) -> str:
-        """The MLflow run the steps go to: the configured one, else the active one, else the
-        newest run named ``run_name``, else a new one; resolved once (it may reach the
-        server), then kept in the upload ledger."""
-        return self._synced().run_id()
-
-    def pending_uploads(self) -> list[int]:
-        """Committed steps not yet uploaded (those in the ledger)."""
-        return sorted(self._synced().pending())
-
-    def upload_status(self) -> UploadStatus:
-        """What is not uploaded yet and why (each step's permanent failure, the transient one
-        being retried, other files); also after ``close``, for a final report."""
-        if self._sync is None:
-            return self._synced().status()  # raises: sync is off
-        return self._sync.status()
-
-    def remote_steps(self, timeout: float | None = None) -> list[int]:
-        """The complete steps on the MLflow server (their manifest uploaded); transient
-        failures are retried, for at most ``timeout`` seconds when given."""
-        return self._synced().remote_steps(timeout)
-
-    def upload_file(self, path: Path, artifact_path: str) -> None:
-        """Upload one file beside the steps (a run's configuration, say) on a thread of its
-        own, retried like steps; a failure never reaches the caller unless
-        ``raise_on_permanent_failure`` is set (then at the next ``save``/
-        ``wait_until_finished``); ``upload_status`` reports it. Never blocks the caller."""
-        sync = self._synced()
-        writer, _ = self._writable()
-        threading.Thread(
-            target=sync.upload_file,
-            args=(path, artifact_path, writer.record),
-            name="mlflow-upload-file",
-            daemon=True,
-        ).start()
-
-    def fetch(self, step: int | None = None) -> int:
-        """Download a complete remote step (the newest when None) into this directory
-        through the usual temporary-directory commit, verified before it becomes visible
-        (strict reading, and the signature when a key is set); return its step. A step
-        already here is not downloaded again. With ``step=None``, a corrupt or incomplete
-        remote step is skipped for the previous one, loudly; when none is intact, the newest
-        one's error is raised. :class:`CheckpointNotFoundError` when the server has none."""
-        sync = self._synced()
-        self._writable()
-        remote = sync.remote_steps()
-        if step is not None and step not in remote:
-            raise CheckpointNotFoundError(
-                f"step {step} is not complete on the MLflow server (it has {remote})",
-                path=self.directory,
-                step=step,
-            )
-        candidates = [step] if step is not None else sorted(remote, reverse=True)
-        first_error: CheckpointCorruptError | None = None
-        for candidate in candidates:
-            with self._state_lock:
-                if candidate in self._infos:
-                    return candidate
-            try:
-                self._download(sync, candidate)
-            except CheckpointCorruptError as exc:
-                if step is not None:
-                    raise
-                logger.error(
-                    "remote step %d is corrupt, trying the previous one: %s", candidate, exc
-                )
-                first_error = first_error or exc
-                continue
-            if first_error is not None:
-                logger.error("fetched step %d, the newest intact remote step", candidate)
-            return candidate
-        if first_error is not None:
-            raise first_error
-        raise CheckpointNotFoundError(
-            f"the MLflow run holds no complete step for {self.directory}", path=self.directory
-        )
-
-    def _download(self, sync: MlflowSync, step: int) -> None:
-        temporary = create_temporary_step_dir(self.directory, step)
-        try:
-            sync.download(step, temporary)
-            key = self.options.signing_key
-            manifest = read_manifest(temporary, step, signing_key=key)
-            verify_step(temporary, manifest, signing_key=key)
-            for path in temporary.iterdir():
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            commit_step_dir(temporary, step)
-        except BaseException:
-            remove_tree(temporary)
-            raise
-        with self._state_lock:
-            self._infos[step] = None
 
     @interrupts_deferred
     def close(self) -> None:
@@ -915,43 +445,3 @@ class CheckpointManager:
                 f"{self.directory} was opened read_only; it cannot save", path=self.directory
             )
         return self._writer, self._pool
-
-
-def _items(state: Any, items: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The named items of one save: ``state`` alone is the item ``"state"``."""
-    if items is None:
-        return {DEFAULT_ITEM: state}
-    if state is not None:
-        raise ValueError("give state or items, not both")
-    if not items:
-        raise ValueError("items must name at least one item")
-    for name in items:
-        if not isinstance(name, str) or not _ITEM_NAME.match(name):
-            raise ValueError(
-                f"item names are letters, digits, '_' and '-' (not first), got {name!r}"
-            )
-    return dict(items)
-
-
-def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
-    """Metric values as floats: real numbers only (a bool, a string such as ``"1.5"`` or a
-    complex number is refused with TypeError; an int too large for a float with ValueError).
-    A one-element tensor or array counts as its number."""
-    if metrics is None:
-        return {}
-    checked: dict[str, float] = {}
-    for name, given in metrics.items():
-        if not isinstance(name, str):
-            raise TypeError(f"metric names must be str, got {name!r}")
-        value: object = given
-        if (isinstance(given, torch.Tensor) and given.numel() == 1) or (
-            isinstance(given, np.ndarray) and given.size == 1
-        ):
-            value = given.item()
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"metric {name!r} must be a real number, got {value!r:.80}")
-        try:
-            checked[name] = float(value)
-        except OverflowError:
-            raise ValueError(f"metric {name!r} is too large for a float: {value!r:.40}") from None
-    return checked

@@ -21,7 +21,9 @@ otherwise.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,10 @@ __all__ = [
     "StagingSlot",
     "stage_state",
 ]
+
+logger = logging.getLogger(__name__)
+
+_BLOCKED_WARNING_MS = 20.0  # shorter waits are scheduling jitter, not a bottleneck
 
 ALIGNMENT = 64
 PAGE = 4096  # host buffers start on a page and data files are padded to one: O_DIRECT-able
@@ -134,6 +140,28 @@ class StagingPool:
                 lambda timeout: self._cond.wait_for(lambda: bool(self._free), timeout)
             )
             return self._free.pop()
+
+    def acquire_for(self, step: int, *, block: bool) -> StagingSlot | None:
+        """:meth:`acquire` for the save of ``step``, saying so when checkpointing has become
+        the bottleneck: a warning with the wait in ms when it waited, or naming the step
+        skipped when the queue was full and ``block`` is false."""
+        waiting_since = time.perf_counter()
+        slot = self.acquire(block=block)
+        waited_ms = (time.perf_counter() - waiting_since) * 1000
+        if waited_ms >= _BLOCKED_WARNING_MS:
+            logger.warning(
+                "save of step %d waited %.0f ms for earlier saves to finish: "
+                "checkpointing is the bottleneck (save less often, or raise max_pending)",
+                step,
+                waited_ms,
+            )
+        if slot is None:
+            logger.warning(
+                "skipped checkpoint of step %d: %d saves still in flight (on_full='skip')",
+                step,
+                len(self._all),
+            )
+        return slot
 
     def release(self, slot: StagingSlot) -> None:
         with self._cond:

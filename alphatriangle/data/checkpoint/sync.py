@@ -257,6 +257,10 @@ class MlflowSync:
         with self._cond:
             return set(self.ledger.pending)
 
+    def protected(self) -> set[int]:
+        """The steps retention must keep for their upload (``keep_until_uploaded``)."""
+        return self.pending() if self.options.keep_until_uploaded else set()
+
     def status(self) -> UploadStatus:
         """What is not uploaded, and why (also after ``close``)."""
         with self._cond:

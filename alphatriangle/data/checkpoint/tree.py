@@ -12,6 +12,10 @@ arrays, scalars, strings or any other object cloudpickle can serialise. Encoding
 - the *objects*: every other leaf, cloudpickled together; tensors and arrays inside them still
   travel as arrays (persistent ids).
 
+The tag grammar is walked in one place, :func:`entries`: the partial restore finds subtrees
+with :func:`child` and the arrays under them with :func:`references`, and a refusal of
+pickled objects names where they sit with :func:`object_paths`.
+
 Decoding is strict: any node, tag, index or nesting that encoding cannot produce raises
 :class:`TreeError` (a ``ValueError``), never a wrong value. Trees deeper than
 :data:`MAX_TREE_DEPTH` are refused on both sides, so whatever saves also restores.
@@ -22,22 +26,36 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 import numpy as np
 import torch
 
+from alphatriangle.data.checkpoint._fields import NON_FINITE
 from alphatriangle.data.checkpoint._safe_unpickling import check_global
 from alphatriangle.data.checkpoint.arrays import is_array_leaf
 
-__all__ = ["MAX_TREE_DEPTH", "TreeEncoder", "TreeError", "decode_tree", "unpickle_objects"]
+__all__ = [
+    "MAX_TREE_DEPTH",
+    "PickledObject",
+    "PickledPlaceholders",
+    "TreeEncoder",
+    "TreeError",
+    "child",
+    "decode_tree",
+    "entries",
+    "object_paths",
+    "references",
+    "unpickle_objects",
+]
 
 MAX_TREE_DEPTH = 200
 JsonTree = Any  # None | bool | int | float | str | list | dict: what json.dumps accepts
-_NON_FINITE = ("nan", "inf", "-inf")
 _TAGS = frozenset({"a", "o", "f", "l", "t", "d", "od", "da", "oda"})
 _RAW_TYPES = frozenset({torch.Tensor, torch.nn.Parameter, np.ndarray})
 
@@ -156,8 +174,8 @@ def _decode(node: JsonTree, arrays: list[Any], objects: list[Any] | None, depth:
             raise TreeError("the tree refers to a pickled object but the item has none")
         return objects[_index(body, len(objects), "object")]
     if tag == "f":
-        if body not in _NON_FINITE:
-            raise TreeError(f"'f' node holds {body!r}, not one of {_NON_FINITE}")
+        if body not in NON_FINITE:
+            raise TreeError(f"'f' node holds {body!r}, not one of {NON_FINITE}")
         return float(body)
     if type(body) is not list:
         raise TreeError(f"{tag!r} node holds {type(body).__name__}, not a list")
@@ -218,3 +236,90 @@ def unpickle_objects(data: bytes, arrays: list[Any], *, restricted: bool = True)
     if type(result) is not list:
         raise TreeError(f"the pickled objects are a {type(result).__name__}, not a list")
     return result
+
+
+# -- walking the JSON form without decoding it --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PickledObject:
+    """Stands for a pickled leaf where a tree is decoded without unpickling anything."""
+
+    index: int
+
+
+class PickledPlaceholders(list[Any]):
+    """The objects of :func:`decode_tree` when nothing is to be unpickled: each pickled leaf
+    decodes to its :class:`PickledObject`."""
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, index: Any) -> PickledObject:  # type: ignore[override]
+        return PickledObject(int(index))
+
+
+def _tag(node: JsonTree) -> tuple[str | None, Any]:
+    if isinstance(node, dict) and len(node) == 1:
+        ((tag, body),) = node.items()
+        return tag, body
+    return None, None
+
+
+def entries(node: JsonTree) -> list[tuple[JsonTree, JsonTree]]:
+    """The (key node, value node) pairs of a container node: a list's or tuple's positions
+    (plain ints), a dict's key nodes, a compact dict's keys with ``{"a": i}`` values; none
+    for a leaf. Malformed parts are skipped (decoding reports them)."""
+    tag, body = _tag(node)
+    if type(body) is not list:
+        return []
+    if tag in ("l", "t"):
+        return list(enumerate(body))
+    if tag in ("d", "od"):
+        return [(p[0], p[1]) for p in body if type(p) is list and len(p) == 2]
+    if tag in ("da", "oda") and len(body) == 2:
+        first, keys = body
+        if type(first) is int and type(keys) is list:
+            return [(key, {"a": first + i}) for i, key in enumerate(keys)]
+    return []
+
+
+def child(node: JsonTree, key: Any) -> JsonTree:
+    """The node under ``key`` of a container node (a negative int counts from a sequence's
+    end); KeyError when there is none."""
+    tag, _ = _tag(node)
+    pairs = entries(node)
+    if tag in ("l", "t"):
+        if type(key) is not int or not -len(pairs) <= key < len(pairs):
+            raise KeyError(key)
+        return pairs[key][1]
+    for key_node, value in pairs:
+        if decode_tree(key_node, [], None) == key:  # keys are scalars or tuples of them
+            return value
+    raise KeyError(key)
+
+
+def references(node: JsonTree, arrays: set[int]) -> bool:
+    """Add the arrays ``node`` refers to; whether it holds pickled objects."""
+    tag, body = _tag(node)
+    if tag == "a" and type(body) is int:
+        arrays.add(body)
+        return False
+    if tag == "o":
+        return True
+    objects = False
+    for key_node, value in entries(node):
+        objects |= references(key_node, arrays) | references(value, arrays)
+    return objects
+
+
+def object_paths(node: JsonTree, where: str, found: list[str], limit: int = 10) -> None:
+    """Where in the tree pickled objects sit, e.g. ``state['config']`` (at most ``limit``)."""
+    if len(found) >= limit:
+        return
+    tag, _ = _tag(node)
+    if tag == "o":
+        found.append(where)
+        return
+    for key_node, value in entries(node):
+        object_paths(value, f"{where}[{key_node!r}]", found, limit)

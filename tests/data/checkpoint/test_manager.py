@@ -221,7 +221,7 @@ def test_public_methods_are_thread_safe(ckpt_dir: Path) -> None:
 def test_cuda_checkpoint_on_a_cpu_machine_asks_for_map_location(ckpt_dir: Path) -> None:
     import xxhash
 
-    from alphatriangle.data.checkpoint.format import canonical, seal
+    from alphatriangle.data.checkpoint.manifest import canonical, seal
 
     with CheckpointManager(ckpt_dir) as manager:
         manager.save(0, {"w": torch.arange(4.0)})

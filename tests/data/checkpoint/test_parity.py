@@ -91,13 +91,11 @@ def test_delete_refuses_missing_in_flight_and_read_steps(ckpt_dir: Path) -> None
         manager.save(1, {"w": torch.zeros(4)})
         manager.wait_until_finished()
         assert not manager.saving_in_progress()
-        with manager._state_lock:  # as a save of step 1 in flight would have it
-            manager._in_flight.add(1)
+        manager._catalog.begin_save(1)  # as a save of step 1 in flight would have it
         assert manager.saving_in_progress()
         with pytest.raises(StepExistsError, match="being saved"):
             manager.delete(1)
-        with manager._state_lock:
-            manager._in_flight.discard(1)
+        manager._catalog.end_save(1)
         held, release = threading.Event(), threading.Event()
 
         def read_and_hold() -> None:

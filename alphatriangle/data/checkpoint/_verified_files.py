@@ -1,0 +1,361 @@
+"""Reading the files of a step, verified: every byte checked against the manifest before it
+is used, never a hang, never a read outside the step.
+
+Files are opened without following symbolic links and without blocking on a FIFO, and must be
+regular files of the size the manifest lists (checked before anything is allocated, and
+against this machine's memory). Digests (xxh3, or the chunked SHA-256 of signed steps) are
+computed on :class:`HashThread`, the one side thread that hashes, while the next chunk is
+read or mapped: the save path uses it too (``step_writer.py``), and so do the per-array
+checks of partial and in-place restores (:class:`ArrayChecks`).
+
+Cost: one thread per large file or per array batch; a 64 MiB chunk is hashed while the next
+one is read (both release the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xxhash
+
+from alphatriangle.data.checkpoint._fields import CHECKSUM
+from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
+from alphatriangle.data.checkpoint.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointSignatureError,
+    corrupt_file,
+)
+from alphatriangle.data.checkpoint.layout import MANIFEST_NAME
+from alphatriangle.data.checkpoint.mapping import map_data_file
+from alphatriangle.data.checkpoint.signing import DIGEST_CHUNK, FILE_DIGEST, ChunkedDigest
+
+if TYPE_CHECKING:
+    from alphatriangle.data.checkpoint.manifest import Manifest
+
+__all__ = [
+    "ArrayChecks",
+    "HashThread",
+    "VerifiedReader",
+    "check_allocatable",
+    "check_file",
+    "digest_mismatch",
+    "map_data",
+    "open_regular",
+    "read_data",
+    "read_listed",
+]
+
+READ_CHUNK = 64 << 20
+HASH_CHUNK = DIGEST_CHUNK  # restore hashes chunk k while it reads chunk k + 1
+
+Arena = np.ndarray[Any, np.dtype[np.uint8]]
+
+
+class HashThread:
+    """Hashing jobs run in order on one daemon thread (xxh3 and SHA-256 release the GIL, so
+    they overlap with the caller's reads and writes). The buffers a job hashes must stay
+    unchanged until :meth:`join` returns; always :meth:`join` (in a ``finally``)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="checksum", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            function, arguments = job
+            try:
+                function(*arguments)
+            except BaseException as exc:  # raised on the caller's thread by join()
+                self._error = self._error or exc
+
+    def put(self, function: Callable[..., None], *arguments: Any) -> None:
+        self._queue.put((function, arguments))
+
+    def join(self) -> None:
+        """Wait for every job (a held Ctrl-C need not wait for a long pass); raise a job's
+        failure."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            wait_interruptibly(self._joined)
+        if self._error is not None:
+            raise self._error
+
+    def _joined(self, timeout: float | None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class _PipelinedHash:
+    """One digest of a sequence of buffers, computed on a :class:`HashThread`."""
+
+    def __init__(self, hasher: Any) -> None:
+        self._hasher = hasher
+        self._thread = HashThread()
+
+    def update(self, view: memoryview) -> None:
+        self._thread.put(self._hasher.update, view)
+
+    def stop(self) -> None:
+        self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.stop()
+        return str(self._hasher.hexdigest())
+
+
+class _InlineHash:
+    """xxh3 computed in the caller's thread (small files)."""
+
+    def __init__(self) -> None:
+        self._hasher = xxhash.xxh3_64()
+
+    def update(self, view: memoryview) -> None:
+        self._hasher.update(view)
+
+    def stop(self) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return str(self._hasher.hexdigest())
+
+
+FileHasher = _PipelinedHash | _InlineHash | ChunkedDigest
+
+
+def file_hasher(*, signed: bool, threaded: bool) -> FileHasher:
+    """A file's digest as the manifest lists it: the chunked SHA-256 of signed steps, else
+    xxh3, on a :class:`HashThread` when ``threaded``."""
+    if signed:
+        return ChunkedDigest()
+    return _PipelinedHash(xxhash.xxh3_64()) if threaded else _InlineHash()
+
+
+class ArrayChecks:
+    """Checks ``checksums[position]`` against the bytes put for each position, on a
+    :class:`HashThread` (nothing when not ``enabled``). The bytes must not change until
+    :meth:`finish` returns."""
+
+    def __init__(self, checksums: list[str | None], *, enabled: bool) -> None:
+        self._checksums = checksums
+        self._mismatches: list[int] = []
+        self._thread = HashThread() if enabled else None
+
+    def _check(self, position: int, view: memoryview) -> None:
+        if xxhash.xxh3_64_hexdigest(view) != self._checksums[position]:
+            self._mismatches.append(position)
+
+    def put(self, position: int, view: memoryview) -> None:
+        if self._thread is not None:
+            self._thread.put(self._check, position, view)
+
+    def finish(self) -> int | None:
+        """Wait for every check; the lowest position whose bytes did not match, or None.
+        Always call it (in a ``finally``): it ends the thread."""
+        if self._thread is not None:
+            self._thread.join()
+        return min(self._mismatches) if self._mismatches else None
+
+
+def digest_mismatch(path: str | Path, step: int, *, signed: bool) -> CheckpointCorruptError:
+    """The error of a file whose digest is not the listed one."""
+    if signed:
+        return CheckpointSignatureError(
+            f"tampered checkpoint file {path}: its {FILE_DIGEST} is not the signed one",
+            path=path,
+            step=step,
+        )
+    return corrupt_file(path, step, f"checksum mismatch ({CHECKSUM})")
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def open_regular(path: str | Path, step: int | None) -> tuple[int, int]:
+    """Open ``path`` for reading without following a symbolic link and without blocking on a
+    FIFO; returns the descriptor and the file's size. Anything but a regular file is
+    corruption."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise corrupt_file(path, step, "missing") from None
+    except OSError as exc:
+        if Path(path).is_symlink():
+            raise corrupt_file(path, step, "a symbolic link, not a file of the step") from None
+        raise CheckpointError(f"cannot open {path}: {exc}", path=path, step=step) from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise corrupt_file(path, step, "not a regular file")
+    return fd, info.st_size
+
+
+def open_listed(path: str | Path, step: int, listed_size: int) -> int:
+    """:func:`open_regular`, and its size checked against the manifest's; the descriptor."""
+    fd, actual = open_regular(path, step)
+    if actual != listed_size:
+        os.close(fd)
+        raise corrupt_file(path, step, f"size {actual} bytes, manifest says {listed_size}")
+    return fd
+
+
+def check_allocatable(path: str | Path, step: int | None, size: int) -> None:
+    """Refuse a file larger than this machine's memory, before allocating for it."""
+    if size > _physical_memory():
+        raise CheckpointError(
+            f"{path} holds {size} bytes, more than this machine's memory "
+            f"({_physical_memory()} bytes): it cannot be restored here",
+            path=path,
+            step=step,
+        )
+
+
+class VerifiedReader:
+    """Reads one listed file sequentially, checking its size and (when ``verify``) its
+    digest: xxh3, or SHA-256 when ``signed``. Always :meth:`close` it; :meth:`finish`
+    verifies the digest."""
+
+    def __init__(
+        self, path: Path, entry: Mapping[str, Any], step: int, *, verify: bool, signed: bool
+    ) -> None:
+        self.path = path
+        self.step = step
+        self.expected_size = int(entry["size"])
+        self.digest_name = FILE_DIGEST if signed else CHECKSUM
+        self.expected_digest = entry.get(self.digest_name)
+        self.file = os.fdopen(open_listed(path, step, self.expected_size), "rb", buffering=0)
+        # A thread pays off only when there is a next chunk to read meanwhile.
+        threaded = self.expected_size > READ_CHUNK
+        self.hasher = file_hasher(signed=signed, threaded=threaded) if verify else None
+        self.position = 0
+
+    def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` (which must not change until :meth:`finish`) with the next bytes."""
+        view = view.cast("B")
+        filled = 0
+        while filled < view.nbytes:
+            got = self.file.readinto(view[filled : filled + READ_CHUNK])
+            if not got:
+                raise corrupt_file(self.path, self.step, "truncated while reading")
+            filled += got
+        if self.hasher is not None:
+            self.hasher.update(view)
+        self.position += filled
+
+    def read_rest(self) -> bytes:
+        check_allocatable(self.path, self.step, self.expected_size - self.position)
+        data = bytearray(self.expected_size - self.position)
+        self.read_into(memoryview(data))
+        return bytes(data)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.hasher is not None:
+            self.hasher.stop()
+
+    def finish(self) -> None:
+        self.close()
+        if self.hasher is not None and self.hasher.hexdigest() != self.expected_digest:
+            raise digest_mismatch(self.path, self.step, signed=self.digest_name == FILE_DIGEST)
+
+
+def _listed_entry(step_dir: Path, manifest: Manifest, name: str) -> Mapping[str, Any]:
+    entry = manifest.files.get(name)
+    if entry is None:
+        raise corrupt_file(step_dir / MANIFEST_NAME, manifest.step, f"does not list {name}")
+    return entry
+
+
+def read_listed(
+    step_dir: Path, manifest: Manifest, name: str, *, verify: bool, signed: bool
+) -> bytes:
+    """The whole of a (small) file the manifest lists, verified."""
+    entry = _listed_entry(step_dir, manifest, name)
+    reader = VerifiedReader(step_dir / name, entry, manifest.step, verify=verify, signed=signed)
+    try:
+        data = reader.read_rest()
+    finally:
+        reader.close()
+    reader.finish()
+    return data
+
+
+def check_file(path: Path, entry: Mapping[str, Any], step: int, *, signed: bool) -> None:
+    """Stream one file through its digest in a reused buffer; nothing is kept."""
+    digest_name = FILE_DIGEST if signed else CHECKSUM
+    hasher = ChunkedDigest(parallel=False) if signed else xxhash.xxh3_64()
+    size = int(entry["size"])
+    with os.fdopen(open_listed(path, step, size), "rb", buffering=0) as file:
+        chunk = memoryview(bytearray(min(HASH_CHUNK, size)))
+        remaining = size
+        while remaining:
+            piece = chunk[: min(remaining, HASH_CHUNK)]
+            filled = 0
+            while filled < piece.nbytes:  # whole chunks: the chunked digest needs them
+                got = file.readinto(piece[filled:])
+                if not got:
+                    raise corrupt_file(path, step, "truncated while reading")
+                filled += got
+            hasher.update(piece)
+            remaining -= filled
+    if hasher.hexdigest() != entry.get(digest_name):
+        raise digest_mismatch(path, step, signed=signed)
+
+
+def read_data(
+    step_dir: Path, manifest: Manifest, name: str, *, verify: bool, signed: bool
+) -> Arena:
+    """A data file read into fresh memory, verified (``restore_mode="copy"``)."""
+    path = step_dir / name
+    reader = VerifiedReader(
+        path, _listed_entry(step_dir, manifest, name), manifest.step, verify=verify, signed=signed
+    )
+    try:
+        check_allocatable(path, manifest.step, reader.expected_size)
+        # One allocation for the whole file (numpy asks for huge pages: cheap first touch),
+        # read in chunks so that hashing one overlaps reading the next.
+        arena = np.empty(reader.expected_size, dtype=np.uint8)
+        for start in range(0, reader.expected_size, HASH_CHUNK):
+            reader.read_into(arena.data[start : start + HASH_CHUNK])
+    finally:
+        reader.close()
+    reader.finish()
+    return arena
+
+
+def map_data(
+    step_dir: Path, manifest: Manifest, name: str, *, verify: bool, signed: bool
+) -> tuple[Arena, FileHasher | None]:
+    """A data file mapped copy-on-write, and its digest being computed on a thread (the
+    mapping must not be written until the digest is read)."""
+    path, step = step_dir / name, manifest.step
+    expected = int(_listed_entry(step_dir, manifest, name)["size"])
+    fd = open_listed(path, step, expected)
+    try:
+        # A private mapping may come to need as much memory as the file (when every page
+        # is written): the same limit as a copy.
+        check_allocatable(path, step, expected)
+        try:
+            arena = map_data_file(fd, expected)
+        except OSError as exc:
+            raise CheckpointError(f"cannot map {path}: {exc}", path=path, step=step) from exc
+    finally:
+        os.close(fd)
+    if not verify:
+        return arena, None
+    hasher = file_hasher(signed=signed, threaded=True)
+    for start in range(0, expected, HASH_CHUNK):
+        hasher.update(arena.data[start : start + HASH_CHUNK])
+    return arena, hasher

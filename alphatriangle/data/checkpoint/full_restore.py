@@ -1,0 +1,169 @@
+"""The full restore of one item: every array of the item from one pass over its data file.
+
+Steps 3-7 of the restore pipeline (``restore.py``): 3) the index (``index.py``) 4) map and
+verify: the data file mapped copy-on-write (``restore_mode="mmap"``: its checksum pass starts
+at once, on a side thread, while the index is read) or read into fresh memory hashing each
+chunk while the next is read (``"copy"``) 5) build arrays: CPU tensors and arrays as views of
+those bytes, CUDA tensors streamed through pinned chunks (``_array_building.py``); nothing
+mapped is returned before its digest matched 6) unpickle the item's objects, if it has any:
+through the allow-list of ``_safe_unpickling.py`` by default, as they are with
+``weights_only=False`` or a verified signature, never with ``weights_only=True`` 7) decode
+the tree (``tree.py``).
+
+Guarantee: every byte used was verified; any violation raises
+:class:`~alphatriangle.data.checkpoint.errors.CheckpointCorruptError` naming the file. Cost:
+one checksum pass over the data file, overlapped with the rest; no copy on the CPU when
+mapped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alphatriangle.data.checkpoint._array_building import arrays_in, make_view
+from alphatriangle.data.checkpoint._devices import DeviceMap
+from alphatriangle.data.checkpoint._fields import CHECKSUM
+from alphatriangle.data.checkpoint._safe_unpickling import RefusedGlobal, unsafe_object_error
+from alphatriangle.data.checkpoint._verified_files import (
+    digest_mismatch,
+    map_data,
+    read_data,
+    read_listed,
+)
+from alphatriangle.data.checkpoint.errors import (
+    CheckpointCorruptError,
+    WeightsOnlyError,
+    corrupt_file,
+)
+from alphatriangle.data.checkpoint.index import read_index
+from alphatriangle.data.checkpoint.layout import data_file, index_file, objects_file
+from alphatriangle.data.checkpoint.manifest import Manifest
+from alphatriangle.data.checkpoint.mapping import PinnedChunks
+from alphatriangle.data.checkpoint.signing import FILE_DIGEST
+from alphatriangle.data.checkpoint.tree import (
+    JsonTree,
+    TreeError,
+    decode_tree,
+    object_paths,
+    unpickle_objects,
+)
+
+__all__ = ["check_item", "decode_item", "read_item", "refuse_objects", "unpickle_item_objects"]
+
+
+def check_item(manifest: Manifest, item: str) -> None:
+    """KeyError naming the items the step has, when it has no ``item``."""
+    if item not in manifest.items:
+        raise KeyError(f"step {manifest.step} has no item {item!r} (it has {manifest.items})")
+
+
+def decode_item(
+    step_dir: Path, manifest: Manifest, item: str, tree: JsonTree, *, arrays: Any, objects: Any
+) -> Any:
+    """:func:`~alphatriangle.data.checkpoint.tree.decode_tree`, a malformed tree reported as
+    the corruption of the item's index."""
+    try:
+        return decode_tree(tree, arrays, objects)
+    except TreeError as exc:
+        raise corrupt_file(step_dir / index_file(item), manifest.step, str(exc)) from None
+
+
+def refuse_objects(step_dir: Path, manifest: Manifest, item: str, tree: JsonTree) -> None:
+    """Raise :class:`WeightsOnlyError` naming where pickled objects sit, if the item has any
+    (``weights_only=True``)."""
+    name = objects_file(item)
+    if name in manifest.files:
+        where: list[str] = []
+        object_paths(tree, item, where)
+        raise WeightsOnlyError(
+            f"step {manifest.step} holds pickled objects ({', '.join(where) or name}) "
+            f"in {step_dir / name}; weights_only=True refuses to unpickle them",
+            path=step_dir / name,
+            step=manifest.step,
+        )
+
+
+def unpickle_item_objects(
+    step_dir: Path,
+    manifest: Manifest,
+    item: str,
+    arrays: list[Any],
+    *,
+    verify: bool,
+    signed: bool,
+    restricted: bool,
+) -> list[Any]:
+    """Read and unpickle an item's objects (``restricted``: through the allow-list); an
+    object that does not unpickle is reported as a corrupt step naming the file (its cause
+    chained), a refused global as :class:`UnsafeObjectError`."""
+    name = objects_file(item)
+    data = read_listed(step_dir, manifest, name, verify=verify, signed=signed)
+    try:
+        return unpickle_objects(data, arrays, restricted=restricted)
+    except RefusedGlobal as refused:
+        raise unsafe_object_error(refused, step_dir / name, manifest.step) from None
+    except CheckpointCorruptError:
+        raise  # an array it refers to failed its checksum
+    except Exception as exc:
+        why = f"cannot unpickle its objects ({type(exc).__name__}: {exc})"
+        raise corrupt_file(step_dir / name, manifest.step, why) from exc
+
+
+def read_item(
+    step_dir: Path,
+    manifest: Manifest,
+    item: str,
+    *,
+    verify: bool = True,
+    map_location: Any = None,
+    weights_only: bool | None = None,
+    signing_key: bytes | None = None,
+    mode: str = "mmap",
+    pinned: PinnedChunks | None = None,
+) -> Any:
+    """Rebuild one item's state tree (``manifest`` comes from ``read_manifest``, with the
+    same ``signing_key``); see the module docstring for ``mode`` and the order of the reads.
+
+    Raises :class:`CheckpointCorruptError` naming the file for any violation;
+    :class:`WeightsOnlyError` naming where the objects sit when ``weights_only`` and the
+    item holds pickled objects (nothing is unpickled)."""
+    check_item(manifest, item)
+    map_location = DeviceMap.of(map_location)
+    signed = signing_key is not None
+    data_name = data_file(item)
+    # Mapped: the checksum pass over the data starts now and runs while the index is read.
+    arena, digest = None, None
+    if mode == "mmap":
+        arena, digest = map_data(step_dir, manifest, data_name, verify=verify, signed=signed)
+    index = read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    if weights_only:
+        refuse_objects(step_dir, manifest, item, index.tree)
+    if arena is None:
+        arena = read_data(step_dir, manifest, data_name, verify=verify, signed=signed)
+    specs = index.specs
+    try:
+        arrays = arrays_in(
+            arena, specs, step_dir, manifest.step, map_location=map_location, pinned=pinned
+        )
+    finally:  # nothing mapped is returned before its digest matched
+        intact = digest is None or digest.hexdigest() == manifest.files[data_name].get(
+            FILE_DIGEST if signed else CHECKSUM
+        )
+    if not intact:
+        raise digest_mismatch(step_dir / data_name, manifest.step, signed=signed)
+    for position, spec in enumerate(specs):
+        if spec.view_of is not None:  # storages first: views are made of them
+            arrays[position] = make_view(arrays[spec.view_of], spec)
+    objects = None
+    if objects_file(item) in manifest.files:
+        objects = unpickle_item_objects(
+            step_dir,
+            manifest,
+            item,
+            arrays,
+            verify=verify,
+            signed=signed,
+            restricted=weights_only is None and not signed,  # a verified signature: trusted
+        )
+    return decode_item(step_dir, manifest, item, index.tree, arrays=arrays, objects=objects)

@@ -1,0 +1,151 @@
+"""Restore: one item of one committed step back as a state tree. The read path, in order:
+
+1) lease: a shared ``flock`` on the step directory (``locking.reader_lease``): retention and
+   ``delete`` leave a leased step alone; a step deleted before the lease held is answered
+   with the next newest (or :class:`CheckpointNotFoundError` for a step asked by number)
+2) manifest (``manifest.read_manifest``): its own checksum, its fields, the signature
+3) index (``index.read_index``): the item's tree and array table, verified and checked
+4) map and verify (``_verified_files``): the data file mapped (or read), its digest computed
+   on the side thread meanwhile; per array for partial and in-place restores
+5) build arrays (``_array_building``): views of the verified bytes, CUDA streamed
+6) unpickle (``full_restore.unpickle_item_objects``): restricted to the allow-list unless
+   trusted
+7) decode (``tree.decode_tree``): the state tree
+
+Steps 3-7 run in one of three readers, chosen by the request: ``full_restore.read_item``
+(the whole item), ``partial_restore.read_selected`` (``select``), ``_fill.restore_into``
+(``target``, filled in place). Inspection (``inspection.py``) stops after 3 or checks
+files only. Which step: the catalogue (``catalog.py``); the fallback to older intact steps:
+``_fallback.py``.
+
+Cost: the lease and the manifest are one ``open``, one ``flock`` and one small read; the
+rest is the reader's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alphatriangle.data.checkpoint._fill import restore_into
+from alphatriangle.data.checkpoint.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    StepGoneError,
+)
+from alphatriangle.data.checkpoint.full_restore import read_item
+from alphatriangle.data.checkpoint.layout import step_dir_name
+from alphatriangle.data.checkpoint.locking import reader_lease, step_not_found
+from alphatriangle.data.checkpoint.manifest import read_manifest
+from alphatriangle.data.checkpoint.mapping import PinnedChunks
+from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
+from alphatriangle.data.checkpoint.partial_restore import Selector, read_selected
+
+__all__ = ["RestoreRequest", "restore_newest", "restore_step"]
+
+_RESTORE_ATTEMPTS = 16
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What one restore asks for (passed through its retries and fallbacks)."""
+
+    map_location: Any
+    weights_only: bool | None
+    select: list[Selector] | None
+    item: str = "state"
+    target: Any = None  # restore(target=...): filled in place
+
+
+def restore_step(
+    step_dir: Path,
+    step: int,
+    request: RestoreRequest,
+    options: CheckpointManagerOptions,
+    pinned: PinnedChunks,
+) -> Any:
+    """Steps 1-7 for one step directory. Raises :class:`StepGoneError` when the step went
+    away before the lease held, :class:`CheckpointNotFoundError` when it has no such item,
+    and what the readers raise."""
+    key = options.signing_key
+    verify = options.verify_on_restore
+    with reader_lease(step_dir):
+        manifest = read_manifest(step_dir, step, signing_key=key)
+        if request.item not in manifest.items:
+            raise CheckpointNotFoundError(
+                f"step {step} holds no item {request.item!r} (it holds {list(manifest.items)})",
+                path=step_dir,
+                step=step,
+            )
+        if request.target is not None:
+            return restore_into(
+                request.target,
+                step_dir,
+                manifest,
+                request.item,
+                verify=verify,
+                weights_only=request.weights_only,
+                signing_key=key,
+            )
+        if request.select is not None:
+            return read_selected(
+                step_dir,
+                manifest,
+                request.item,
+                request.select,
+                verify=verify,
+                map_location=request.map_location,
+                weights_only=request.weights_only,
+                signing_key=key,
+            )
+        return read_item(
+            step_dir,
+            manifest,
+            request.item,
+            verify=verify,
+            map_location=request.map_location,
+            weights_only=request.weights_only,
+            signing_key=key,
+            mode=options.restore_mode,
+            pinned=pinned,
+        )
+
+
+def restore_newest(
+    directory: Path,
+    step: int | None,
+    request: RestoreRequest,
+    options: CheckpointManagerOptions,
+    pinned: PinnedChunks,
+    *,
+    steps_holding: Callable[[str], list[int]],
+    reload: Callable[[], None],
+) -> Any:
+    """:func:`restore_step` of ``step``, or of the newest step holding the item when None
+    (``steps_holding`` lists them, newest first): a newest step deleted before its lease
+    held is answered by rescanning (``reload``) and reading the next newest."""
+    for _ in range(_RESTORE_ATTEMPTS):
+        if step is not None:
+            candidate: int | None = step
+        else:
+            holding = steps_holding(request.item)
+            candidate = holding[0] if holding else None
+        if candidate is None:
+            raise CheckpointNotFoundError(
+                f"no committed checkpoint holding {request.item!r} in {directory}",
+                path=directory,
+            )
+        step_dir = directory / step_dir_name(candidate)
+        try:
+            return restore_step(step_dir, candidate, request, options, pinned)
+        except StepGoneError:
+            if step is not None:
+                raise step_not_found(directory, step) from None
+            reload()
+    raise CheckpointError(
+        f"the newest step of {directory} was deleted {_RESTORE_ATTEMPTS} times "
+        "before it could be read",
+        path=directory,
+    )

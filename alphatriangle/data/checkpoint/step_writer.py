@@ -1,0 +1,177 @@
+"""Writing the files of one step into its temporary directory: each file written, fsynced
+and checksummed in one pass, the manifest last.
+
+```
+step_000002500/
+    manifest.json            written last (``manifest.py``): every file below, with its size
+                             and xxh3-64 checksum (and SHA-256 when signed)
+    <item>.data              every tensor and array of the item, raw bytes, 64-byte aligned
+    <item>.index.json        the item's tree and array table (``index.py``)
+    <item>.objects.pkl       only when the item has leaves that are neither arrays nor plain
+                             scalars: those, cloudpickled together (``tree.py``)
+```
+The step writer writes a list of files (:func:`write_files`) and returns their manifest
+entries; :func:`write_step_files` is that list for the staged items of one step, then the
+manifest listing them. Guarantee: every file is fsynced before this returns (the directory
+itself is fsynced by ``commit.py``). Cost: large files are hashed on a side thread while they
+are written, and page-aligned data goes to the device with O_DIRECT (no copy into the page
+cache).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from alphatriangle.data.checkpoint._fields import CHECKSUM, canonical
+from alphatriangle.data.checkpoint._verified_files import HashThread
+from alphatriangle.data.checkpoint.index import encode_index
+from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, data_file, index_file, objects_file
+from alphatriangle.data.checkpoint.manifest import build_manifest, seal
+from alphatriangle.data.checkpoint.signing import FILE_DIGEST, ChunkedDigest
+from alphatriangle.data.checkpoint.staging import StagedState
+
+__all__ = ["StepFile", "write_files", "write_step_files"]
+
+_WRITE_CHUNK = 64 << 20  # a multiple of the page: O_DIRECT writes stay aligned
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+
+
+@dataclass
+class StepFile:
+    """One file to write into a step: its name, its bytes, optionally the same bytes page
+    aligned and padded to whole pages (then written with O_DIRECT), and regions (offset,
+    size) whose own xxh3 digests are wanted (per-array checksums), put in ``region_digests``
+    once written."""
+
+    name: str
+    data: memoryview | bytes
+    padded: memoryview | None = None
+    regions: list[tuple[int, int]] = field(default_factory=list)
+    region_digests: list[str] = field(default_factory=list)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view.nbytes:
+        view = view[os.write(fd, view[:_WRITE_CHUNK]) :]
+
+
+def _write_direct(path: Path, padded: memoryview, size: int) -> bool:
+    """Write ``padded`` (page-aligned, whole pages) with O_DIRECT, then trim to ``size``.
+    False when the file system refuses O_DIRECT (tmpfs, some network file systems)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _O_DIRECT, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    try:
+        _write_all(fd, padded)
+        os.ftruncate(fd, size)
+        os.fsync(fd)  # O_DIRECT bypasses the page cache, not the metadata journal
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.EINVAL:
+            path.unlink()
+            return False
+        raise
+    os.close(fd)
+    return True
+
+
+def _checksum(
+    view: memoryview, hasher: Any, regions: list[tuple[int, int]], digests: list[str]
+) -> None:
+    hasher.update(view)
+    digests.extend(xxhash.xxh3_64_hexdigest(view[o : o + n]) for o, n in regions)
+
+
+def _write_file(directory: Path, file: StepFile, *, signed: bool) -> dict[str, Any]:
+    """Write, fsync and checksum one new file; its manifest entry. Large files are hashed on
+    other threads while they are written (all release the GIL). ``signed`` adds a SHA-256
+    digest to the entry."""
+    view = memoryview(file.data).cast("B")
+    hasher = xxhash.xxh3_64()
+    digest = ChunkedDigest() if signed else None
+    if digest is not None:
+        digest.update(view)  # its chunks hash on the pool's threads meanwhile
+    hashing = None
+    if view.nbytes >= (1 << 20) or len(file.regions) > 64:
+        hashing = HashThread()
+        hashing.put(_checksum, view, hasher, file.regions, file.region_digests)
+    else:
+        _checksum(view, hasher, file.regions, file.region_digests)
+    path = directory / file.name
+    try:
+        padded = file.padded
+        if padded is None or not _O_DIRECT or not _write_direct(path, padded, view.nbytes):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, view)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        if hashing is not None:
+            hashing.join()
+        if digest is not None:
+            digest.stop()
+    entry = {"size": view.nbytes, CHECKSUM: hasher.hexdigest()}
+    if digest is not None:
+        entry[FILE_DIGEST] = digest.hexdigest()
+    return entry
+
+
+def write_files(
+    directory: Path, files: Iterable[StepFile], *, signed: bool
+) -> dict[str, dict[str, Any]]:
+    """Write each of ``files`` into ``directory``, in order; their manifest entries by name."""
+    return {file.name: _write_file(directory, file, signed=signed) for file in files}
+
+
+def write_step_files(
+    directory: Path,
+    step: int,
+    items: Mapping[str, StagedState],
+    *,
+    metrics: Mapping[str, float],
+    wall_time: float,
+    signing_key: bytes | None = None,
+) -> dict[str, Any]:
+    """Write every file of a step into ``directory`` (a temporary directory), manifest last.
+    Every file is fsynced before this returns; the directory itself is not (commit does it).
+    With ``signing_key``, files get SHA-256 digests and the manifest a signature. Returns the
+    manifest written."""
+    signed = signing_key is not None
+    entries: dict[str, Any] = {}
+    for name, staged in items.items():
+        data = StepFile(
+            data_file(name),
+            staged.data(),
+            staged.page_padded_data(),
+            regions=[(a.offset, a.nbytes) for a in staged.arrays],
+        )
+        entries |= write_files(directory, [data], signed=signed)
+        index = encode_index(staged.tree, staged.arrays, data.region_digests)
+        later = [StepFile(index_file(name), index)]
+        if staged.objects is not None:
+            later.append(StepFile(objects_file(name), staged.objects))
+        entries |= write_files(directory, later, signed=signed)
+    manifest = build_manifest(
+        step,
+        wall_time=wall_time,
+        metrics=metrics,
+        items=list(items),
+        files=entries,
+        signing_key=signing_key,
+    )
+    body = canonical(manifest)
+    write_files(directory, [StepFile(MANIFEST_NAME, seal(body))], signed=False)
+    manifest["checksum"] = xxhash.xxh3_64_hexdigest(body)
+    return manifest
