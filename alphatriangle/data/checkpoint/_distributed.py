@@ -1,0 +1,413 @@
+"""One checkpoint step from the N ranks of a ``torch.distributed`` group: stage, write, commit
+once; restore resharded to the layout the ranks have now.
+
+Save, in order (every rank calls it; the background part runs on a gloo group of its own,
+never the training's group):
+
+1) :meth:`RankCheckpointer.stage` (caller's thread): the state is flattened the way DCP
+   flattens it; each tensor (a DTensor: its local shard) is copied once into this rank's
+   reused host buffer (``staging.stage_state``), every other leaf is captured the engine's
+   way (JSON tree, pickled objects). An error here (an object that cannot be pickled) is
+   kept: the rank still joins the collective part, so that every rank learns of it.
+2) :meth:`RankCheckpointer.write` (background): DCP's ``DefaultSavePlanner`` decides who
+   writes what (a replicated tensor once, by the least loaded rank; DTensors as local
+   shards); rank 0 creates the step's temporary directory; each rank writes its share
+   (``_dcp_storage.RankWriter``), rank 0 also rank 0's other leaves as an ordinary item
+   (``<item>.index.json``, ``.data``, ``.objects.pkl``); the ranks' results (files, sizes,
+   checksums) are gathered to rank 0, which writes ``<item>.shards.json``, then the manifest
+   listing every rank's files (with the rank that wrote each), renames the directory into
+   place and fsyncs its parent. DCP broadcasts the outcome: when ``write`` returns on any
+   rank, the step is committed; when it raises, on every rank, nothing is.
+
+Failures: the original error on the rank where it happened; on the others, a
+:class:`CheckpointError` (a :class:`CheckpointCorruptError` for a corrupt file) naming that
+rank. A rank that dies: the others' collectives fail within the group's timeout.
+
+Restore (:func:`restore_into`, every rank): DCP's ``DefaultLoadPlanner`` matches the
+target's tensors (DTensors with the layout they have now, plain tensors) to the stored
+chunks; each rank reads and verifies the regions it needs (``_dcp_storage.RankReader``);
+the other leaves are set as rank 0 saved them.
+
+Cost on the caller's thread: one copy of the rank's tensors and the pickling of its other
+leaves; the rest is a few small gathers of plans and results per item.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.checkpoint.storage import WriteResult
+from torch.distributed.tensor import DTensor
+
+from alphatriangle.data.checkpoint._dcp_storage import (
+    RankReader,
+    RankWriter,
+    metadata_from_json,
+    metadata_to_json,
+    regions_by_file,
+    shards_index_file,
+)
+from alphatriangle.data.checkpoint._fields import canonical
+from alphatriangle.data.checkpoint._verified_files import read_listed
+from alphatriangle.data.checkpoint.commit import (
+    commit_step_dir,
+    create_temporary_step_dir,
+    remove_tree,
+)
+from alphatriangle.data.checkpoint.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    corrupt_file,
+)
+from alphatriangle.data.checkpoint.full_restore import read_item
+from alphatriangle.data.checkpoint.index import encode_index
+from alphatriangle.data.checkpoint.layout import (
+    MANIFEST_NAME,
+    data_file,
+    index_file,
+    objects_file,
+    step_dir_name,
+)
+from alphatriangle.data.checkpoint.manifest import Manifest, build_manifest, read_manifest, seal
+from alphatriangle.data.checkpoint.staging import HostBuffer, StagedState, stage_state
+from alphatriangle.data.checkpoint.step_writer import StepFile, write_files
+
+__all__ = ["RankCheckpointer", "StagedRank", "holds_shards", "restore_into"]
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass
+class StagedRank:
+    """What one rank captured of one save: per item, the tensors DCP plans (views of this
+    rank's buffer; DTensors rebuilt over them with their layout) and the other leaves."""
+
+    step: int
+    tensors: dict[str, dict[str, torch.Tensor]]
+    others: dict[str, StagedState]
+    error: BaseException | None = None
+
+
+def _gloo_group(group: dist.ProcessGroup | None, timeout_s: float) -> dist.ProcessGroup:
+    ranks = dist.get_process_group_ranks(group) if group is not None else None
+    new = dist.new_group(
+        ranks=ranks,
+        backend="gloo",
+        timeout=timedelta(seconds=timeout_s),
+        use_local_synchronization=ranks is not None,
+    )
+    if not isinstance(new, dist.ProcessGroup):
+        raise CheckpointError("this process is not a rank of the group it was given")
+    return new
+
+
+def _views(staged: StagedState, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each staged tensor as a view of the buffer, with the dtype and shape it had."""
+    raw = staged.buffer.tensor
+    views = []
+    for spec, leaf in zip(staged.arrays, leaves, strict=True):
+        if spec.view_of is not None:
+            storage = staged.arrays[spec.view_of]
+            base = raw[storage.offset : storage.offset + storage.nbytes].view(leaf.dtype)
+            views.append(base.as_strided(leaf.shape, spec.stride or (), spec.storage_offset or 0))
+        else:
+            views.append(
+                raw[spec.offset : spec.offset + spec.nbytes].view(leaf.dtype).view(leaf.shape)
+            )
+    return views
+
+
+class RankCheckpointer:
+    """The multi-rank part of a manager: one per rank, created collectively. It creates two
+    gloo groups over the ranks of ``group`` (``timeout_s`` each): one for the background
+    writer's collectives, one for the caller's (agreeing on a decision, a step): the two
+    threads never share a group, and neither uses the training's."""
+
+    def __init__(
+        self, group: dist.ProcessGroup | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        self.group = _gloo_group(group, timeout_s)
+        self.foreground = _gloo_group(group, timeout_s)
+        self.rank = dist.get_rank(self.group)
+        self.world_size = dist.get_world_size(self.group)
+
+    def agree(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (every rank, on the caller's thread)."""
+        value = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.foreground)
+        return bool(value.item())
+
+    def from_rank0(self, value: Any, *, background: bool = False) -> Any:
+        """Rank 0's ``value`` on every rank (pickled; small values only)."""
+        box = [value]
+        group = self.group if background else self.foreground
+        dist.broadcast_object_list(box, group=group, group_src=0)
+        return box[0]
+
+    def stage(
+        self,
+        step: int,
+        items: Mapping[str, Mapping[str, Any]],
+        buffer: Callable[[str], HostBuffer],
+    ) -> StagedRank:
+        """Capture ``items`` (name: state dict) into ``buffer(name)`` (the tensors) and
+        ``buffer(name + ".others")`` (the other leaves): buffers no save in flight uses.
+        When this returns, later changes to the state do not change what is written. Never
+        raises for the state's sake: the error is kept, and :meth:`write` raises it on
+        every rank."""
+        staged = StagedRank(step=step, tensors={}, others={})
+        try:
+            for name, state in items.items():
+                flat, _ = flatten_state_dict(dict(state))
+                keys = [k for k, v in flat.items() if isinstance(v, torch.Tensor)]
+                with torch.no_grad():
+                    leaves = [
+                        v.to_local() if isinstance(v, DTensor) else v
+                        for v in (flat[k] for k in keys)
+                    ]
+                copied = stage_state(list(leaves), buffer(name))
+                tensors: dict[str, torch.Tensor] = {}
+                for key, view in zip(keys, _views(copied, leaves), strict=True):
+                    value = flat[key]
+                    if isinstance(value, DTensor):  # its layout, over the staged local shard
+                        tensors[key] = DTensor(view, value._spec, requires_grad=False)  # type: ignore[no-untyped-call]
+                    else:
+                        tensors[key] = view
+                others = {k: v for k, v in flat.items() if not isinstance(v, torch.Tensor)}
+                staged.tensors[name] = tensors
+                staged.others[name] = stage_state(others, buffer(f"{name}.others"))
+        except Exception as exc:  # every rank must learn of it: raised in write()
+            staged.error = exc
+        return staged
+
+    def write(
+        self,
+        staged: StagedRank,
+        directory: Path,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        wall_time: float | None = None,
+        signing_key: bytes | None = None,
+        commit: Callable[[Path, int], Path] = commit_step_dir,
+    ) -> Path:
+        """Write and commit ``staged`` (every rank, collectively; see the module docstring):
+        ``commit(temporary, step)`` runs on rank 0 once every file is written (manifest
+        last, signed with ``signing_key``). Returns the committed step directory on every
+        rank, or raises on every rank (nothing committed, the temporary directory removed)."""
+        step = staged.step
+        temporary: list[Path] = []
+        files: dict[str, Any] = {}
+        names = sorted(staged.tensors) if staged.error is None else ["state"]
+
+        def create_directory() -> Path:
+            if not temporary:
+                temporary.append(create_temporary_step_dir(directory, step))
+            return temporary[0]
+
+        def write_own(name: str, where: Path) -> None:
+            others = _write_others(where, name, staged.others[name], signed=signing_key is not None)
+            files.update(others)
+
+        def finish(
+            name: str, last: bool, metadata: Metadata, results: list[list[WriteResult]]
+        ) -> None:
+            where = temporary[0]
+            for file, region in regions_by_file(results).items():
+                files[file] = region.file_entry()
+            shards = canonical(metadata_to_json(metadata, results))
+            signed = signing_key is not None
+            files.update(
+                write_files(where, [StepFile(shards_index_file(name), shards)], signed=signed)
+            )
+            if last:
+                manifest = build_manifest(
+                    step,
+                    wall_time=time.time() if wall_time is None else wall_time,
+                    metrics=metrics or {},
+                    items=names,
+                    files=files,
+                    signing_key=signing_key,
+                )
+                body = seal(canonical(manifest))
+                write_files(where, [StepFile(MANIFEST_NAME, body)], signed=False)
+                commit(where, step)
+
+        try:
+            for position, name in enumerate(names):
+                last = position == len(names) - 1
+                writer = RankWriter(
+                    name,
+                    staging_error=staged.error,
+                    create_directory=create_directory,
+                    on_finish=functools.partial(finish, name, last),
+                    write_own=functools.partial(write_own, name),
+                    signed=signing_key is not None,
+                )
+                dcp_save(
+                    staged.tensors.get(name, {}),
+                    storage_writer=writer,
+                    planner=DefaultSavePlanner(),
+                    process_group=self.group,
+                )
+        except BaseException as exc:
+            if temporary:
+                remove_tree(temporary[0])
+            _reraise(exc, self.rank, f"save of step {step}")
+        return directory / step_dir_name(step)
+
+    def restore_into(
+        self,
+        step_dir: Path,
+        step: int,
+        item: str,
+        target: dict[str, Any],
+        *,
+        verify: bool = True,
+        weights_only: bool | None = None,
+        signing_key: bytes | None = None,
+    ) -> dict[str, Any]:
+        """Fill ``target`` from ``item`` of a committed step (every rank, collectively):
+        tensors in place (DTensors resharded to their layout now), other leaves set as rank
+        0 saved them. Raises on every rank when any rank fails (see the module docstring)."""
+        manifest = read_manifest(step_dir, step, signing_key=signing_key)
+        return restore_into(
+            step_dir,
+            manifest,
+            item,
+            target,
+            group=self.group,
+            rank=self.rank,
+            verify=verify,
+            weights_only=weights_only,
+            signing_key=signing_key,
+        )
+
+
+def _write_others(where: Path, name: str, staged: StagedState, *, signed: bool) -> dict[str, Any]:
+    """Rank 0's other leaves of item ``name``, as an ordinary item of the step."""
+    data = StepFile(
+        data_file(name),
+        staged.data(),
+        staged.page_padded_data(),
+        regions=[(a.offset, a.nbytes) for a in staged.arrays],
+    )
+    entries = write_files(where, [data], signed=signed)
+    later = [
+        StepFile(index_file(name), encode_index(staged.tree, staged.arrays, data.region_digests))
+    ]
+    if staged.objects is not None:
+        later.append(StepFile(objects_file(name), staged.objects))
+    return entries | write_files(where, later, signed=signed)
+
+
+def _reraise(exc: BaseException, rank: int, what: str) -> NoReturn:
+    """Raise what this rank raises for a failure of the collective part: its own original
+    error; a :class:`CheckpointError` naming the rank that failed (the same subclass for a
+    corrupt file, so that fallbacks treat it alike); a :class:`CheckpointError` saying the
+    ranks lost contact when a collective itself failed (a rank died, or timed out)."""
+    if not isinstance(exc, CheckpointException):
+        if isinstance(exc, RuntimeError):  # gloo: a peer closed the connection, or timeout
+            raise CheckpointError(
+                f"{what} failed: the ranks lost contact ({type(exc).__name__}: {exc})"
+            ) from exc
+        raise exc
+    failures = exc.failures
+    if rank in failures:
+        raise failures[rank][0]
+    failed = min(failures)
+    original = failures[failed][0]
+    message = f"{what} failed on rank {failed}: {type(original).__name__}: {original}"
+    path, step = getattr(original, "path", None), getattr(original, "step", None)
+    if isinstance(original, CheckpointCorruptError):
+        raise CheckpointCorruptError(message, path=path, step=step) from None
+    raise CheckpointError(message, path=path, step=step) from None
+
+
+class _TensorLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner over the target's tensors only (other leaves are set apart); a dtype
+    that differs from the stored one is refused, naming the key, before anything is read."""
+
+    def set_up_planner(
+        self, state_dict: Any, metadata: Metadata | None = None, is_coordinator: bool = False
+    ) -> None:
+        super().set_up_planner(state_dict, metadata, is_coordinator)
+        self.state_dict = {k: v for k, v in self.state_dict.items() if isinstance(v, torch.Tensor)}
+        assert metadata is not None
+        for key, value in self.state_dict.items():
+            stored = metadata.state_dict_metadata.get(key)
+            dtype = getattr(getattr(stored, "properties", None), "dtype", None)
+            if dtype is not None and dtype != value.dtype:
+                raise CheckpointError(f"{key}: the target is {value.dtype}, the step holds {dtype}")
+
+
+def holds_shards(manifest: Manifest, item: str) -> bool:
+    """Whether ``item`` of this step was saved by several ranks (its tensors as shards)."""
+    return shards_index_file(item) in manifest.files
+
+
+def restore_into(
+    step_dir: Path,
+    manifest: Manifest,
+    item: str,
+    target: dict[str, Any],
+    *,
+    group: dist.ProcessGroup,
+    rank: int,
+    verify: bool = True,
+    weights_only: bool | None = None,
+    signing_key: bytes | None = None,
+) -> dict[str, Any]:
+    """See :meth:`RankCheckpointer.restore_into`; ``manifest`` is the step's, read (and its
+    signature checked) by the caller."""
+    step = manifest.step
+    signed = signing_key is not None
+    name = shards_index_file(item)
+    if name not in manifest.files:
+        raise CheckpointError(
+            f"step {step} holds no shards of item {item!r}", path=step_dir, step=step
+        )
+    raw = read_listed(step_dir, manifest, name, verify=verify, signed=signed)
+    try:
+        metadata = metadata_from_json(
+            json.loads(raw), {f: int(e["size"]) for f, e in manifest.files.items()}
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise corrupt_file(step_dir / name, step, str(exc)) from None
+    try:
+        dcp_load(
+            target,
+            storage_reader=RankReader(step_dir, manifest, metadata, verify=verify, signed=signed),
+            planner=_TensorLoadPlanner(),
+            process_group=group,
+        )
+    except BaseException as exc:
+        _reraise(exc, rank, f"restore of step {step}")
+    others = read_item(
+        step_dir,
+        manifest,
+        item,
+        verify=verify,
+        weights_only=weights_only,
+        signing_key=signing_key,
+    )
+    _, places = flatten_state_dict(target)
+    for key, value in others.items():
+        if key in places:
+            set_element(target, places[key], value)
+    return target

@@ -1,0 +1,311 @@
+"""What each rank runs in the multi-rank tests: spawned processes, gloo on CPU, real files.
+
+Every function here is the body of one rank (``run_ranks`` starts them); an assertion that
+fails in a rank fails the test with that rank's traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+GROUP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _entry(
+    rank: int, world: int, port: int, body: Callable[..., None], args: tuple[Any, ...]
+) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=GROUP_TIMEOUT_S),
+    )
+    try:
+        body(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(body: Callable[..., None], world: int, *args: Any) -> None:
+    """Run ``body(rank, world, *args)`` on ``world`` spawned ranks; raises if any rank fails."""
+    mp.start_processes(
+        _entry,
+        args=(world, free_port(), body, args),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
+
+
+def start_ranks(body: Callable[..., None], world: int, *args: Any) -> mp.ProcessContext:
+    """Like :func:`run_ranks`, without waiting: the caller joins (and sees who died)."""
+    context = mp.start_processes(
+        _entry,
+        args=(world, free_port(), body, args),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
+    assert context is not None
+    return context
+
+
+# ---------------------------------------------------------------------------- the state
+
+
+def _model(mesh: Any, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A model whose parameters are row-sharded DTensors (5 and 3 rows: uneven over 2, 3 and
+    4 ranks), with Adam state after one step."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
+    for module in model:
+        for name, param in list(module.named_parameters(recurse=False)):
+            sharded = distribute_tensor(param.detach(), mesh, [Shard(0)])
+            module.register_parameter(name, nn.Parameter(sharded))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for param in model.parameters():
+        param.grad = distribute_tensor(torch.randn(param.shape), mesh, [Shard(0)])
+    optimizer.step()
+    return model, optimizer
+
+
+def training_state(world: int, rank: int, seed: int) -> dict[str, Any]:
+    """Model and optimizer (via DCP's get_state_dict), a row-sharded table of 7 rows, a
+    replicated DTensor, a plain replicated tensor, and leaves that are no tensors."""
+    mesh = init_device_mesh("cpu", (world,))
+    model, optimizer = _model(mesh, seed)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    torch.manual_seed(seed + 1)
+    table = distribute_tensor(torch.randn(7, 4), mesh, [Shard(0)])
+    replicated = distribute_tensor(torch.randn(3, 3), mesh, [Replicate()])
+    return {
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "table": table,
+        "replicated": replicated,
+        "plain": torch.arange(12, dtype=torch.float64).reshape(3, 4) * (seed + 1),
+        "counters": {"step": 100 + seed, "seen_by": rank, "note": "hello"},
+        "histogram": np.arange(5, dtype=np.int32) + seed,
+        "_model": model,
+        "_optimizer": optimizer,
+    }
+
+
+def saved_part(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if not k.startswith("_")}
+
+
+def full_values(tree: Any) -> Any:
+    """The tree with each DTensor gathered whole (collective), tensors cloned."""
+    if isinstance(tree, dict):
+        return {k: full_values(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [full_values(v) for v in tree]
+    if isinstance(tree, DTensor):
+        return tree.full_tensor().detach().clone()
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, np.ndarray):
+        return tree.copy()
+    return tree
+
+
+def assert_same(actual: Any, expected: Any, path: str = "state") -> None:
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), path
+        for key in expected:
+            assert_same(actual[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_same(a, e, f"{path}[{i}]")
+    elif isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), path
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, path
+        assert torch.equal(actual, expected), f"{path}: values differ"
+    elif isinstance(expected, np.ndarray):
+        assert isinstance(actual, np.ndarray) and actual.dtype == expected.dtype, path
+        assert np.array_equal(actual, expected), path
+    else:
+        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
+# ---------------------------------------------------------------------------- rank bodies
+
+
+def _checkpointer() -> Any:
+    from alphatriangle.data.checkpoint._distributed import RankCheckpointer
+
+    return RankCheckpointer(timeout_s=GROUP_TIMEOUT_S)
+
+
+def _stage(checkpointer: Any, step: int, state: dict[str, Any]) -> Any:
+    """Stage ``state`` as the item "state", into this process's reused buffers."""
+    from alphatriangle.data.checkpoint.staging import HostBuffer
+
+    buffers = _BUFFERS.setdefault(id(checkpointer), {})
+    return checkpointer.stage(step, {"state": state}, lambda n: buffers.setdefault(n, HostBuffer()))
+
+
+_BUFFERS: dict[int, dict[str, Any]] = {}
+
+
+def _mutate(tree: Any) -> None:
+    """Change every tensor, array and dict of ``tree`` in place."""
+    if isinstance(tree, dict):
+        for key, value in list(tree.items()):
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                tree[key] = value * 2
+            else:
+                _mutate(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            _mutate(value)
+    elif isinstance(tree, DTensor):
+        with torch.no_grad():
+            tree.to_local().add_(1000)
+    elif isinstance(tree, torch.Tensor):
+        with torch.no_grad():
+            tree.add_(1000)
+    elif isinstance(tree, np.ndarray):
+        tree += 1000
+
+
+def save_training(rank: int, world: int, directory: str, step: int, seed: int) -> None:
+    """Save the training state as ``step``, changing every tensor right after staging
+    returned (while the ranks write); rank 0 keeps the values it must restore to."""
+    root = Path(directory)
+    state = training_state(world, rank, seed)
+    checkpointer = _checkpointer()
+    staged = _stage(checkpointer, step, saved_part(state))
+    expected = full_values(saved_part(state))  # collective: every rank's shard, whole
+    committed: list[Path] = []
+    writing = threading.Thread(
+        target=lambda: committed.append(checkpointer.write(staged, root, metrics={"loss": 0.5}))
+    )
+    writing.start()
+    _mutate(saved_part(state))
+    writing.join()
+    assert committed and committed[0].name == f"step_{step:09d}", committed
+    if rank == 0:
+        torch.save(expected, root / f"expected_{step}.pt")
+        manifest = json.loads((committed[0] / "manifest.json").read_text())
+        writers = {entry.get("rank") for entry in manifest["files"].values()} - {None}
+        assert writers == set(range(world)), writers
+
+
+def restore_training(rank: int, world: int, directory: str, step: int) -> None:
+    """Restore ``step`` into a state of another world size and other values; compare whole."""
+    root = Path(directory)
+    state = training_state(world, rank, seed=99)
+    target = saved_part(state)
+    _checkpointer().restore_into(root / f"step_{step:09d}", step, "state", target)
+    set_state_dict(
+        state["_model"],
+        state["_optimizer"],
+        model_state_dict=target["model"],
+        optim_state_dict=target["optimizer"],
+    )
+    model_state, optimizer_state = get_state_dict(state["_model"], state["_optimizer"])
+    actual = full_values({**target, "model": model_state, "optimizer": optimizer_state})
+    expected = torch.load(root / f"expected_{step}.pt", weights_only=False)
+    assert_same(actual, expected)
+    assert actual["counters"]["seen_by"] == 0  # other leaves: as rank 0 saved them
+
+
+def fail_on_one_rank(rank: int, world: int, directory: str, failing: int) -> None:
+    """``failing`` holds an object that cannot be pickled: every rank's save raises, nothing
+    is committed; the next save commits."""
+    from alphatriangle.data.checkpoint.errors import CheckpointCorruptError, CheckpointError
+
+    root = Path(directory)
+    checkpointer = _checkpointer()
+    mesh = init_device_mesh("cpu", (world,))
+    weights = distribute_tensor(torch.arange(8.0), mesh, [Shard(0)])
+    state: dict[str, Any] = {"weights": weights, "extra": {"n": 1}}
+    if rank == failing:
+        state["extra"]["lock"] = threading.Lock()
+    staged = _stage(checkpointer, 3, state)
+    try:
+        checkpointer.write(staged, root)
+    except TypeError as exc:  # the original error, on its own rank
+        assert rank == failing, exc
+    except CheckpointError as exc:
+        assert rank != failing and f"rank {failing}" in str(exc), exc
+    else:
+        raise AssertionError("the save did not fail")
+    dist.barrier()
+    assert not (root / "step_000000003").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".step_")], list(root.iterdir())
+    state["extra"].pop("lock", None)
+    path = checkpointer.write(_stage(checkpointer, 3, state), root)
+    assert (path / "manifest.json").is_file()
+    # A corrupt shard: every rank's restore raises, naming the file and the rank that wrote it.
+    dist.barrier()
+    shard = path / f"state.shards-{failing:05d}.data"
+    if rank == 0:
+        data = bytearray(shard.read_bytes())
+        data[0] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    dist.barrier()
+    zeros = distribute_tensor(torch.zeros(8), mesh, [Shard(0)])
+    target: dict[str, Any] = {"weights": zeros, "extra": {"n": 0}}
+    try:
+        checkpointer.restore_into(path, 3, "state", target)
+    except CheckpointCorruptError as exc:
+        assert exc.path == str(shard) and f"written by rank {failing}" in str(exc), exc
+    else:
+        raise AssertionError("a corrupt shard was restored")
+
+
+def killed_mid_save(rank: int, world: int, directory: str, victim: int, outcome: str) -> None:
+    """``victim`` is SIGKILLed while it writes its share; the others must raise within the
+    group's timeout, and commit nothing."""
+    from alphatriangle.data.checkpoint.errors import CheckpointError
+
+    root = Path(directory)
+    checkpointer = _checkpointer()
+    size = (32 << 20) // 4 if rank == victim else 1024
+    staged = _stage(checkpointer, 5, {"weights": torch.ones(size)})
+    if rank == victim:
+
+        def kill_when_writing() -> None:
+            while not any(root.glob(".step_*/state.shards-*.data")):
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=kill_when_writing, daemon=True).start()
+    started = time.monotonic()
+    try:
+        checkpointer.write(staged, root)
+    except CheckpointError as exc:
+        Path(outcome).write_text(json.dumps({"error": str(exc), "s": time.monotonic() - started}))
+    else:
+        Path(outcome).write_text(json.dumps({"error": None}))
+    os._exit(0)  # the default group lost a rank: no clean teardown

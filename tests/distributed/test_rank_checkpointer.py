@@ -1,0 +1,52 @@
+"""Several ranks, one step: DCP plans, this engine's files, one commit; resharded restore.
+
+Real processes (spawned), gloo on CPU, real files; a rank really SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from distributed_ranks import (
+    GROUP_TIMEOUT_S,
+    fail_on_one_rank,
+    killed_mid_save,
+    restore_training,
+    run_ranks,
+    save_training,
+    start_ranks,
+)
+
+from alphatriangle.data.checkpoint.layout import scan_leftovers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(("saved", "restored"), [(2, 3), (4, 1)])
+def test_resharded_restore_is_exact(tmp_path: Path, saved: int, restored: int) -> None:
+    # Row-sharded DTensors with uneven rows, a replicated DTensor, a plain tensor, Adam state
+    # of a DTensor-sharded model, other leaves; every tensor changed right after staging.
+    run_ranks(save_training, saved, str(tmp_path), 7, 1)
+    manifest = json.loads((tmp_path / "step_000000007" / "manifest.json").read_text())
+    shards = {name for name in manifest["files"] if ".shards-" in name}
+    assert shards == {f"state.shards-{rank:05d}.data" for rank in range(saved)}
+    run_ranks(restore_training, restored, str(tmp_path), 7)
+
+
+def test_a_failure_on_one_rank_reaches_every_rank(tmp_path: Path) -> None:
+    run_ranks(fail_on_one_rank, 2, str(tmp_path), 1)
+
+
+def test_a_rank_killed_mid_save(tmp_path: Path) -> None:
+    outcome = tmp_path / "outcome.json"
+    context = start_ranks(killed_mid_save, 2, str(tmp_path), 1, str(outcome))
+    for process in context.processes:
+        process.join(GROUP_TIMEOUT_S + 30)
+    assert context.processes[1].exitcode == -9  # SIGKILL
+    survivor = json.loads(outcome.read_text())
+    assert survivor["error"] is not None and "lost contact" in survivor["error"]
+    assert survivor["s"] < GROUP_TIMEOUT_S + 5
+    assert not (tmp_path / "step_000000005").exists()
+    assert all(leftover.step == 5 for leftover in scan_leftovers(tmp_path))
