@@ -100,3 +100,43 @@ def forge_step(
     if manifest is not None:
         manifest(raw)
     (step_dir / "manifest.json").write_bytes(seal(canonical(raw)))
+
+
+def committed_step(ckpt_dir: Path, state: Any = None, step: int = 1) -> Path:
+    """Commit one small step (``state``, else a tensor and an int) and return its directory."""
+    from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepAll
+
+    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(retention=KeepAll())) as m:
+        m.save(step, state if state is not None else {"w": torch.arange(6.0), "n": 3})
+    return ckpt_dir / f"step_{step:09d}"
+
+
+def restore_error(ckpt_dir: Path, step: int = 1) -> Any:
+    """The CheckpointCorruptError that restoring ``step`` raises (verify must raise one too,
+    without unpickling)."""
+    import pytest
+
+    from alphatriangle.data import (
+        CheckpointCorruptError,
+        CheckpointManager,
+        CheckpointManagerOptions,
+    )
+
+    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(read_only=True)) as reader:
+        with pytest.raises(CheckpointCorruptError) as info:
+            reader.restore(step)
+        with pytest.raises(CheckpointCorruptError):
+            reader.verify(step)  # the inspecting path finds it too, without unpickling
+    return info.value
+
+
+def set_field(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
+    """An edit for :func:`forge_step`: set the field at ``path`` (keys and indices)."""
+
+    def edit(data: dict[str, Any]) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return edit
