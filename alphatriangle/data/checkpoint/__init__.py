@@ -5,6 +5,7 @@ See ``alphatriangle/data/checkpoint/README.md`` for the format, the guarantees a
 """
 
 from alphatriangle.data.checkpoint._safe_unpickling import add_safe_globals, safe_globals
+from alphatriangle.data.checkpoint._upload_ledger import read_upload_status
 from alphatriangle.data.checkpoint.commit import fsync_dir, write_file_atomically
 from alphatriangle.data.checkpoint.errors import (
     CheckpointCorruptError,
@@ -17,7 +18,13 @@ from alphatriangle.data.checkpoint.errors import (
     WeightsOnlyError,
 )
 from alphatriangle.data.checkpoint.inspection import ArrayMetadata, PickledObject
-from alphatriangle.data.checkpoint.layout import step_dir_name, step_from_dir_name
+from alphatriangle.data.checkpoint.layout import (
+    DEFAULT_ITEM,
+    objects_file,
+    step_dir_name,
+    step_from_dir_name,
+)
+from alphatriangle.data.checkpoint.locking import is_checkpoint_directory
 from alphatriangle.data.checkpoint.manager import CheckpointManager
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
 from alphatriangle.data.checkpoint.retention import (
@@ -47,6 +54,7 @@ from alphatriangle.data.checkpoint.sync import MlflowSyncOptions, UploadStatus
 from alphatriangle.data.checkpoint.writer import SaveHandle
 
 __all__ = [
+    "DEFAULT_ITEM",
     "AllOf",
     "AllSave",
     "AnyOf",
@@ -83,6 +91,9 @@ __all__ = [
     "WeightsOnlyError",
     "add_safe_globals",
     "fsync_dir",
+    "is_checkpoint_directory",
+    "objects_file",
+    "read_upload_status",
     "safe_globals",
     "step_dir_name",
     "step_from_dir_name",

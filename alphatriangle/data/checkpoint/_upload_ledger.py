@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alphatriangle.data.checkpoint.commit import write_file_atomically
+from alphatriangle.data.checkpoint.errors import CheckpointError
 
-__all__ = ["LEDGER_NAME", "UploadLedger", "UploadStatus"]
+__all__ = ["LEDGER_NAME", "UploadLedger", "UploadStatus", "read_upload_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class UploadLedger:
     (``failures``: step to reason; ``reason``: the last transient failure met), in
     ``.uploads.json``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, strict: bool = False) -> None:
+        """The ledger of ``directory`` (empty when there is none). An unreadable ledger is
+        logged and treated as empty, so that every step is checked again; with ``strict``,
+        it raises :class:`CheckpointError` naming the file instead."""
         self.path = directory / LEDGER_NAME
         self.run_id: str | None = None
         self.pending: list[int] = []
@@ -69,24 +73,31 @@ class UploadLedger:
         self.reason: str | None = None
         self.readable = True
         try:
-            raw = json.loads(self.path.read_bytes())
-            pending = raw["pending"]
-            if not isinstance(pending, list) or not all(type(s) is int for s in pending):
-                raise ValueError("pending is not a list of steps")
-            run_id = raw.get("run_id")
-            self.run_id = run_id if isinstance(run_id, str) else None
-            self.pending = sorted(set(pending))
-            failures = raw.get("failures") or {}
-            self.failures = {int(k): str(v) for k, v in failures.items() if int(k) in self.pending}
-            reason = raw.get("reason")
-            self.reason = reason if isinstance(reason, str) else None
+            self._load()
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if strict:
+                raise CheckpointError(
+                    f"the upload ledger {self.path} is unreadable: {exc}", path=self.path
+                ) from exc
             self.readable = False
             logger.error(
                 "the upload ledger %s is unreadable (%s): re-checking every step", self.path, exc
             )
+
+    def _load(self) -> None:
+        raw = json.loads(self.path.read_bytes())
+        pending = raw["pending"]
+        if not isinstance(pending, list) or not all(type(s) is int for s in pending):
+            raise ValueError("pending is not a list of steps")
+        run_id = raw.get("run_id")
+        self.run_id = run_id if isinstance(run_id, str) else None
+        self.pending = sorted(set(pending))
+        failures = raw.get("failures") or {}
+        self.failures = {int(k): str(v) for k, v in failures.items() if int(k) in self.pending}
+        reason = raw.get("reason")
+        self.reason = reason if isinstance(reason, str) else None
 
     def save(self) -> None:
         """Write atomically: a crash leaves the old ledger or the new one, whole."""
@@ -101,3 +112,16 @@ class UploadLedger:
             }
         )
         write_file_atomically(self.path, data.encode())
+
+
+def read_upload_status(directory: Path) -> UploadStatus | None:
+    """What the upload ledger of ``directory`` records, read without a manager (for listing
+    tools; a writer's own status is ``CheckpointManager.upload_status``): None when there is
+    no ledger (the directory is not synced, or every upload completed long ago);
+    :class:`CheckpointError` naming the file when it is unreadable."""
+    if not (directory / LEDGER_NAME).exists():
+        return None
+    ledger = UploadLedger(directory, strict=True)
+    return UploadStatus(
+        pending=tuple(ledger.pending), failures=dict(ledger.failures), retrying=ledger.reason
+    )

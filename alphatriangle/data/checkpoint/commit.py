@@ -40,23 +40,23 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, making the entries created or renamed in it durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, making the entries created or renamed in it durable."""
+    _fsync(path, os.O_DIRECTORY)
+
+
 def fsync_files(directory: Path) -> None:
     """fsync every file directly in ``directory`` (not through symbolic links)."""
     for path in directory.iterdir():
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path, os.O_NOFOLLOW)
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:

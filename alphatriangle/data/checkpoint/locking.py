@@ -37,12 +37,13 @@ from alphatriangle.data.checkpoint.errors import (
     LockTimeoutError,
     StepGoneError,
 )
-from alphatriangle.data.checkpoint.layout import step_dir_name
+from alphatriangle.data.checkpoint.layout import scan_steps, step_dir_name
 
 __all__ = [
     "HOLDER_NAME",
     "LOCK_NAME",
     "WriterLock",
+    "is_checkpoint_directory",
     "leased_step",
     "reader_lease",
     "step_not_found",
@@ -56,6 +57,12 @@ HOLDER_NAME = ".writer.json"
 # The directories (device, inode) whose writer lock this process holds.
 _held_here: set[tuple[int, int]] = set()
 _held_here_lock = threading.Lock()
+
+
+def is_checkpoint_directory(path: Path) -> bool:
+    """Whether a writer has ever opened ``path`` (it holds the writer lock's file) or it holds
+    committed steps."""
+    return (path / LOCK_NAME).exists() or bool(scan_steps(path).steps)
 
 
 class WriterLock:

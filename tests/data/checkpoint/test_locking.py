@@ -139,3 +139,16 @@ def test_readers_restore_exactly_while_the_writer_prunes(ckpt_dir: Path) -> None
         assert report["distinct"] >= 2, "a reader never saw the writer make progress"
     assert saved >= 20, "the writer saved too few steps to race with readers"
     assert total >= 20
+
+
+def test_a_checkpoint_directory_is_one_a_writer_opened_or_with_steps(tmp_path: Path) -> None:
+    from alphatriangle.data.checkpoint import is_checkpoint_directory
+
+    assert not is_checkpoint_directory(tmp_path / "missing")
+    assert not is_checkpoint_directory(tmp_path)
+    CheckpointManager(tmp_path / "opened").close()
+    assert is_checkpoint_directory(tmp_path / "opened")
+    with CheckpointManager(tmp_path / "copied") as manager:
+        manager.save(0, {"w": torch.ones(1)})
+    (tmp_path / "copied" / ".writer.lock").unlink()
+    assert is_checkpoint_directory(tmp_path / "copied")

@@ -402,3 +402,20 @@ def test_a_replaced_step_is_uploaded_again_whole(tmp_path: Path) -> None:
     with CheckpointManager(tmp_path / "b", fetch) as manager:
         assert manager.fetch() == 0
         assert_tree_equal(manager.restore(), second)
+
+
+def test_the_ledger_is_read_without_a_manager(tmp_path: Path) -> None:
+    from alphatriangle.data.checkpoint import CheckpointError, read_upload_status
+
+    assert read_upload_status(tmp_path) is None  # not synced
+    ledger = UploadLedger(tmp_path)
+    ledger.pending, ledger.failures, ledger.reason = [4, 2], {2: "permanent: gone"}, "refused"
+    ledger.save()
+    status = read_upload_status(tmp_path)
+    assert status == UploadStatus(
+        pending=(2, 4), failures={2: "permanent: gone"}, retrying="refused"
+    )
+    (tmp_path / LEDGER_NAME).write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable") as info:
+        read_upload_status(tmp_path)
+    assert info.value.path == str(tmp_path / LEDGER_NAME)
