@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
 from pydantic import BaseModel
 
-from alphatriangle.data.checkpoint import fsync_dir
+from alphatriangle.data.checkpoint import write_file_atomically
 
 __all__ = ["run_config_json", "write_run_config"]
 
@@ -71,17 +70,9 @@ def run_config_json(configs: Mapping[str, Any]) -> bytes:
 
 
 def write_run_config(path: Path, configs: Mapping[str, Any]) -> Path:
-    """Write ``configs`` as JSON to ``path``, atomically (see the module docstring); nothing
-    is written when a value is refused."""
+    """Write ``configs`` as JSON to ``path``, atomically (the engine's
+    ``write_file_atomically``); nothing is written when a value is refused."""
     data = run_config_json(configs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    temporary.replace(path)
-    fsync_dir(path.parent)
+    write_file_atomically(path, data)
     return path
