@@ -159,21 +159,12 @@ def assert_same(actual: Any, expected: Any, path: str = "state") -> None:
 # ---------------------------------------------------------------------------- rank bodies
 
 
-def _checkpointer() -> Any:
-    from alphatriangle.data.checkpoint._distributed import RankCheckpointer
+def _manager(directory: str, **options: Any) -> Any:
+    """This rank's manager of ``directory``, over the default group (collective)."""
+    from alphatriangle.data import CheckpointManager, CheckpointManagerOptions
 
-    return RankCheckpointer(timeout_s=GROUP_TIMEOUT_S)
-
-
-def _stage(checkpointer: Any, step: int, state: dict[str, Any]) -> Any:
-    """Stage ``state`` as the item "state", into this process's reused buffers."""
-    from alphatriangle.data.checkpoint.staging import HostBuffer
-
-    buffers = _BUFFERS.setdefault(id(checkpointer), {})
-    return checkpointer.stage(step, {"state": state}, lambda n: buffers.setdefault(n, HostBuffer()))
-
-
-_BUFFERS: dict[int, dict[str, Any]] = {}
+    settings = CheckpointManagerOptions(collective_timeout_s=GROUP_TIMEOUT_S, **options)
+    return CheckpointManager(directory, settings, process_group=dist.group.WORLD)
 
 
 def _mutate(tree: Any) -> None:
@@ -198,24 +189,19 @@ def _mutate(tree: Any) -> None:
 
 
 def save_training(rank: int, world: int, directory: str, step: int, seed: int) -> None:
-    """Save the training state as ``step``, changing every tensor right after staging
+    """Save the training state as ``step``, changing every tensor as soon as ``save``
     returned (while the ranks write); rank 0 keeps the values it must restore to."""
     root = Path(directory)
     state = training_state(world, rank, seed)
-    checkpointer = _checkpointer()
-    staged = _stage(checkpointer, step, saved_part(state))
-    expected = full_values(saved_part(state))  # collective: every rank's shard, whole
-    committed: list[Path] = []
-    writing = threading.Thread(
-        target=lambda: committed.append(checkpointer.write(staged, root, metrics={"loss": 0.5}))
-    )
-    writing.start()
-    _mutate(saved_part(state))
-    writing.join()
-    assert committed and committed[0].name == f"step_{step:09d}", committed
+    expected = full_values(saved_part(state))  # collective: each DTensor whole
+    with _manager(directory) as manager:
+        handle = manager.save(step, saved_part(state), metrics={"loss": 0.5})
+        _mutate(saved_part(state))  # right after save returned, on every rank
+        committed = handle.result()
+        assert committed.name == f"step_{step:09d}", committed
     if rank == 0:
         torch.save(expected, root / f"expected_{step}.pt")
-        manifest = json.loads((committed[0] / "manifest.json").read_text())
+        manifest = json.loads((committed / "manifest.json").read_text())
         writers = {entry.get("rank") for entry in manifest["files"].values()} - {None}
         assert writers == set(range(world)), writers
 
@@ -225,7 +211,8 @@ def restore_training(rank: int, world: int, directory: str, step: int) -> None:
     root = Path(directory)
     state = training_state(world, rank, seed=99)
     target = saved_part(state)
-    _checkpointer().restore_into(root / f"step_{step:09d}", step, "state", target)
+    with _manager(directory) as manager:
+        assert manager.restore(step, target=target) is target
     set_state_dict(
         state["_model"],
         state["_optimizer"],
@@ -240,70 +227,105 @@ def restore_training(rank: int, world: int, directory: str, step: int) -> None:
 
 
 def fail_on_one_rank(rank: int, world: int, directory: str, failing: int) -> None:
-    """``failing`` holds an object that cannot be pickled: every rank's save raises, nothing
-    is committed; the next save commits."""
+    """``failing`` holds an object that cannot be pickled: every rank's save fails, nothing
+    is committed; the next save commits; a corrupt shard then fails every rank's restore."""
     from alphatriangle.data.checkpoint.errors import CheckpointCorruptError, CheckpointError
 
     root = Path(directory)
-    checkpointer = _checkpointer()
     mesh = init_device_mesh("cpu", (world,))
     weights = distribute_tensor(torch.arange(8.0), mesh, [Shard(0)])
     state: dict[str, Any] = {"weights": weights, "extra": {"n": 1}}
     if rank == failing:
         state["extra"]["lock"] = threading.Lock()
-    staged = _stage(checkpointer, 3, state)
-    try:
-        checkpointer.write(staged, root)
-    except TypeError as exc:  # the original error, on its own rank
-        assert rank == failing, exc
-    except CheckpointError as exc:
-        assert rank != failing and f"rank {failing}" in str(exc), exc
-    else:
-        raise AssertionError("the save did not fail")
-    dist.barrier()
-    assert not (root / "step_000000003").exists()
-    assert not [p for p in root.iterdir() if p.name.startswith(".step_")], list(root.iterdir())
-    state["extra"].pop("lock", None)
-    path = checkpointer.write(_stage(checkpointer, 3, state), root)
-    assert (path / "manifest.json").is_file()
-    # A corrupt shard: every rank's restore raises, naming the file and the rank that wrote it.
-    dist.barrier()
-    shard = path / f"state.shards-{failing:05d}.data"
-    if rank == 0:
-        data = bytearray(shard.read_bytes())
-        data[0] ^= 0xFF
-        shard.write_bytes(bytes(data))
-    dist.barrier()
-    zeros = distribute_tensor(torch.zeros(8), mesh, [Shard(0)])
-    target: dict[str, Any] = {"weights": zeros, "extra": {"n": 0}}
-    try:
-        checkpointer.restore_into(path, 3, "state", target)
-    except CheckpointCorruptError as exc:
-        assert exc.path == str(shard) and f"written by rank {failing}" in str(exc), exc
-    else:
-        raise AssertionError("a corrupt shard was restored")
+    with _manager(directory) as manager:
+        handle = manager.save(3, state)
+        try:
+            handle.result()
+        except TypeError as exc:  # the original error, on its own rank
+            assert rank == failing, exc
+        except CheckpointError as exc:
+            assert rank != failing and f"rank {failing}" in str(exc), exc
+        else:
+            raise AssertionError("the save did not fail")
+        try:
+            manager.wait_until_finished()  # raised to the caller too (and so seen)
+        except (TypeError, CheckpointError):
+            pass
+        else:
+            raise AssertionError("wait_until_finished did not raise the failure")
+        assert manager.all_steps() == []
+        assert not [p for p in root.iterdir() if p.name.startswith(".step_")]
+        state["extra"].pop("lock", None)
+        path = manager.save(3, state).result()
+        assert manager.all_steps() == [3]
+        # A corrupt shard: every rank's restore raises, naming the file and its writer.
+        dist.barrier()
+        shard = path / f"state.shards-{failing:05d}.data"
+        if rank == 0:
+            data = bytearray(shard.read_bytes())
+            data[0] ^= 0xFF
+            shard.write_bytes(bytes(data))
+        dist.barrier()
+        zeros = distribute_tensor(torch.zeros(8), mesh, [Shard(0)])
+        target: dict[str, Any] = {"weights": zeros, "extra": {"n": 0}}
+        try:
+            manager.restore(3, target=target)
+        except CheckpointCorruptError as exc:
+            assert exc.path == str(shard) and f"written by rank {failing}" in str(exc), exc
+        else:
+            raise AssertionError("a corrupt shard was restored")
+
+
+def retention_and_preemption(rank: int, world: int, directory: str) -> None:
+    """Retention runs on rank 0 and every rank lists the same steps; a SIGTERM on one rank
+    makes every rank save the same final step."""
+    from alphatriangle.data import KeepLatest
+
+    mesh = init_device_mesh("cpu", (world,))
+    state = {"weights": distribute_tensor(torch.arange(6.0), mesh, [Shard(0)])}
+    with _manager(directory, retention=KeepLatest(2), save_interval_steps=2) as manager:
+        for step in range(1, 100):
+            if manager.should_save(step):
+                manager.save(step, state)
+            if manager.preemption_requested:
+                break
+            if step == 8:
+                manager.wait_until_finished()
+                everyone = [None] * world
+                dist.all_gather_object(everyone, manager.all_steps())
+                assert everyone == [[6, 8]] * world, everyone
+                if rank == world - 1:
+                    os.kill(os.getpid(), signal.SIGTERM)  # recorded: agreed at the next step
+        manager.wait_until_finished()
+        assert step == 9, step  # not due, but agreed after the SIGTERM: the final save
+        everyone = [None] * world
+        dist.all_gather_object(everyone, manager.all_steps())
+        assert everyone == [[8, 9]] * world, everyone
+    names = sorted(p.name for p in Path(directory).iterdir() if p.name.startswith("step_"))
+    assert names == ["step_000000008", "step_000000009"], names
 
 
 def killed_mid_save(rank: int, world: int, directory: str, victim: int, outcome: str) -> None:
-    """``victim`` is SIGKILLed while it writes its share; the others must raise within the
-    group's timeout, and commit nothing."""
+    """``victim`` is SIGKILLed once it writes its share; the others' saves must fail within
+    the group's timeout, and commit nothing."""
     from alphatriangle.data.checkpoint.errors import CheckpointError
 
     root = Path(directory)
-    checkpointer = _checkpointer()
-    size = (32 << 20) // 4 if rank == victim else 1024
-    staged = _stage(checkpointer, 5, {"weights": torch.ones(size)})
+    mesh = init_device_mesh("cpu", (world,))
+    weights = distribute_tensor(torch.ones(world * (16 << 20) // 4), mesh, [Shard(0)])
+    manager = _manager(directory)
     if rank == victim:
 
         def kill_when_writing() -> None:
-            while not any(root.glob(".step_*/state.shards-*.data")):
+            while not any(root.glob(f".step_*/state.shards-{victim:05d}.data")):
                 time.sleep(0.001)
             os.kill(os.getpid(), signal.SIGKILL)
 
         threading.Thread(target=kill_when_writing, daemon=True).start()
+    handle = manager.save(5, {"weights": weights})
     started = time.monotonic()
     try:
-        checkpointer.write(staged, root)
+        handle.result()
     except CheckpointError as exc:
         Path(outcome).write_text(json.dumps({"error": str(exc), "s": time.monotonic() - started}))
     else:

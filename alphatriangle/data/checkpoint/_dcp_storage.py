@@ -61,6 +61,7 @@ from alphatriangle.data.checkpoint._fields import CHECKSUM
 from alphatriangle.data.checkpoint._verified_files import check_file
 from alphatriangle.data.checkpoint.arrays import TORCH_DTYPES
 from alphatriangle.data.checkpoint.errors import CheckpointError, corrupt_file
+from alphatriangle.data.checkpoint.layout import shard_file
 from alphatriangle.data.checkpoint.manifest import Manifest
 from alphatriangle.data.checkpoint.signing import DIGEST_CHUNK, FILE_DIGEST
 
@@ -71,23 +72,11 @@ __all__ = [
     "Region",
     "metadata_from_json",
     "metadata_to_json",
-    "shard_file",
-    "shards_index_file",
 ]
 
 SHARDS_INDEX_VERSION = 1
 _DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 _WRITE_CHUNK = 64 << 20
-
-
-def shard_file(item: str, rank: int) -> str:
-    """The file of ``rank``'s share of ``item``'s tensors."""
-    return f"{item}.shards-{rank:05d}.data"
-
-
-def shards_index_file(item: str) -> str:
-    """The file that says which stored chunk of which tensor lies where (written by rank 0)."""
-    return f"{item}.shards.json"
 
 
 @dataclass(frozen=True)

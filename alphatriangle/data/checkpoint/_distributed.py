@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 import torch
@@ -61,7 +64,6 @@ from alphatriangle.data.checkpoint._dcp_storage import (
     metadata_from_json,
     metadata_to_json,
     regions_by_file,
-    shards_index_file,
 )
 from alphatriangle.data.checkpoint._fields import canonical
 from alphatriangle.data.checkpoint._verified_files import read_listed
@@ -82,13 +84,14 @@ from alphatriangle.data.checkpoint.layout import (
     data_file,
     index_file,
     objects_file,
+    shards_index_file,
     step_dir_name,
 )
 from alphatriangle.data.checkpoint.manifest import Manifest, build_manifest, read_manifest, seal
 from alphatriangle.data.checkpoint.staging import HostBuffer, StagedState, stage_state
 from alphatriangle.data.checkpoint.step_writer import StepFile, write_files
 
-__all__ = ["RankCheckpointer", "StagedRank", "holds_shards", "restore_into"]
+__all__ = ["RankCheckpointer", "StagedRank", "restore_into"]
 
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -146,12 +149,33 @@ class RankCheckpointer:
         self.foreground = _gloo_group(group, timeout_s)
         self.rank = dist.get_rank(self.group)
         self.world_size = dist.get_world_size(self.group)
+        # SIGTERM (a preemption) is recorded, not obeyed: agree_due makes every rank save
+        # the same final step. Only on the main thread, where Python runs handlers.
+        self.sigterm_received = False
+        self.preempted = False
+        self._previous_handler: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def agree(self, flag: bool) -> bool:
-        """Whether ``flag`` is true on any rank (every rank, on the caller's thread)."""
-        value = torch.tensor([int(flag)], dtype=torch.int32)
+    def agree_due(self, due: bool) -> bool:
+        """Whether a step is due on any rank, or any rank received SIGTERM (then
+        :attr:`preempted` is set on every rank): every rank, on the caller's thread."""
+        value = torch.tensor([int(due), int(self.sigterm_received)], dtype=torch.int32)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.foreground)
-        return bool(value.item())
+        if value[1]:
+            self.preempted = True
+        return bool(value.max())
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.sigterm_received = True
+        if callable(self._previous_handler):
+            self._previous_handler(signum, frame)
+
+    def restore_sigterm(self) -> None:
+        """Give SIGTERM back to the handler it had before this manager."""
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
 
     def from_rank0(self, value: Any, *, background: bool = False) -> Any:
         """Rank 0's ``value`` on every rank (pickled; small values only)."""
@@ -356,25 +380,21 @@ class _TensorLoadPlanner(DefaultLoadPlanner):
                 raise CheckpointError(f"{key}: the target is {value.dtype}, the step holds {dtype}")
 
 
-def holds_shards(manifest: Manifest, item: str) -> bool:
-    """Whether ``item`` of this step was saved by several ranks (its tensors as shards)."""
-    return shards_index_file(item) in manifest.files
-
-
 def restore_into(
     step_dir: Path,
     manifest: Manifest,
     item: str,
     target: dict[str, Any],
     *,
-    group: dist.ProcessGroup,
+    group: dist.ProcessGroup | None,
     rank: int,
     verify: bool = True,
     weights_only: bool | None = None,
     signing_key: bytes | None = None,
 ) -> dict[str, Any]:
     """See :meth:`RankCheckpointer.restore_into`; ``manifest`` is the step's, read (and its
-    signature checked) by the caller."""
+    signature checked) by the caller. Without ``group``, this process alone reads every
+    chunk its target needs (e.g. the whole of each tensor, into plain tensors)."""
     step = manifest.step
     signed = signing_key is not None
     name = shards_index_file(item)
@@ -395,6 +415,7 @@ def restore_into(
             storage_reader=RankReader(step_dir, manifest, metadata, verify=verify, signed=signed),
             planner=_TensorLoadPlanner(),
             process_group=group,
+            no_dist=group is None,
         )
     except BaseException as exc:
         _reraise(exc, rank, f"restore of step {step}")

@@ -40,6 +40,8 @@ __all__ = [
     "objects_file",
     "scan_leftovers",
     "scan_steps",
+    "shard_file",
+    "shards_index_file",
     "step_dir_name",
     "step_from_dir_name",
     "temporary_dir_name",
@@ -68,6 +70,16 @@ def step_from_dir_name(name: str) -> int | None:
     """The step a committed directory name stands for, or None for any other name."""
     match = _STEP_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def shard_file(item: str, rank: int) -> str:
+    """The file of one rank's share of an item saved by several ranks."""
+    return f"{item}.shards-{rank:05d}.data"
+
+
+def shards_index_file(item: str) -> str:
+    """The file saying where each stored chunk of an item saved by several ranks lies."""
+    return f"{item}.shards.json"
 
 
 def data_file(item: str) -> str:

@@ -8,13 +8,14 @@ storage to ``sync`` behind ``remote.RemoteStore``. See the engine README's modul
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alphatriangle.data.checkpoint._devices import DeviceMap
 from alphatriangle.data.checkpoint._fallback import newest_intact
@@ -44,6 +45,9 @@ from alphatriangle.data.checkpoint.staging import StagedState, StagingPool, stag
 from alphatriangle.data.checkpoint.step_writer import write_step_files
 from alphatriangle.data.checkpoint.sync import MlflowSync
 from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
+
+if TYPE_CHECKING:
+    from alphatriangle.data.checkpoint._distributed import RankCheckpointer, StagedRank
 
 __all__ = ["CheckpointManager"]
 
@@ -82,9 +86,20 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         options: CheckpointManagerOptions | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        process_group: Any = None,
     ) -> None:
         self.directory = Path(directory)
         self.options = options if options is not None else CheckpointManagerOptions()
+        # With a process group, every rank of it runs this manager collectively (see
+        # _distributed.py): rank 0 leads (lock, sweep, manifest, commit, retention, sync).
+        self._ranks: RankCheckpointer | None = None
+        if process_group is not None:
+            from alphatriangle.data.checkpoint._distributed import RankCheckpointer
+
+            self._ranks = RankCheckpointer(
+                process_group, timeout_s=self.options.collective_timeout_s
+            )
+        lead = self._ranks is None or self._ranks.rank == 0
         self.skipped_steps: list[int] = []
         self._clock = clock
         self._catalog = StepCatalog(self.directory, rescan_on_list=self.options.read_only)
@@ -97,19 +112,15 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         self._pool: StagingPool | None = None
         if not self.options.read_only:
             create_directory_durably(self.directory)
-            self._lock = WriterLock(self.directory, self.options.lock_timeout_s)
-            self._lock.acquire()
-            try:
-                sweep_leftovers(self.directory)
-            except BaseException:
-                self._lock.release()
-                raise
+            if lead:
+                self._lock = WriterLock(self.directory, self.options.lock_timeout_s)
+            self._open_together(self._lock)
             self._pool = StagingPool(self.options.max_pending)
             self._writer = BackgroundWriter(f"checkpoint-writer:{self.directory.name}")
         self.reload()
         self._sync: MlflowSync | None = None
         self._pinned = PinnedChunks()  # allocated on the first restore to CUDA
-        if self.options.mlflow is not None and self._writer is not None:
+        if self.options.mlflow is not None and self._writer is not None and lead:
             self._sync = MlflowSync(
                 self.directory,
                 self.options.mlflow,
@@ -126,6 +137,30 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         if self._lock is not None:
             # A manager dropped without close() (a notebook cell run again) frees its lock.
             self._forget_drop = on_drop(self, self.directory, self._writer, self._sync, self._lock)
+
+    def _open_together(self, lock: WriterLock | None) -> None:
+        """Take the writer lock and sweep leftovers (rank 0 of a group only); every rank of a
+        group learns whether rank 0 could, before any of them goes on."""
+        failure: BaseException | None = None
+        if lock is not None:
+            try:
+                lock.acquire()
+                try:
+                    sweep_leftovers(self.directory)
+                except BaseException:
+                    lock.release()
+                    raise
+            except BaseException as exc:
+                failure = exc
+        if self._ranks is not None:
+            said = self._ranks.from_rank0(None if failure is None else f"{failure}")
+            if said is not None and failure is None:
+                raise CheckpointError(
+                    f"rank 0 could not open {self.directory} for writing: {said}",
+                    path=self.directory,
+                )
+        if failure is not None:
+            raise failure
 
     # -- context manager ------------------------------------------------------------------
 
@@ -159,6 +194,20 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         return self._due(step)
 
     def _due(self, step: int) -> bool:
+        """Whether ``step`` is due; with a process group, whether it is due on any rank (a
+        collective: every rank decides alike), or any rank received SIGTERM."""
+        if self._ranks is None:
+            return self._due_here(step)
+        return self._ranks.agree_due(self._due_here(step))
+
+    @property
+    def preemption_requested(self) -> bool:
+        """With a process group: a rank received SIGTERM and every rank has agreed on it
+        (at a ``should_save`` or ``save``, which then returned True / saved on every rank):
+        stop after this save. Always False without a process group."""
+        return self._ranks is not None and self._ranks.preempted
+
+    def _due_here(self, step: int) -> bool:
         with self._catalog.lock:
             last = self._catalog.last_saved
         context = SaveContext(
@@ -225,15 +274,21 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
                 if writer.has_error():
                     # The save this one waited for failed: report it now, not one save later.
                     writer.raise_error(clear=True)
-                staged = {
-                    name: stage_state(tree, slot.buffer(name)) for name, tree in trees.items()
-                }
+                info = StepInfo(step, self._clock(), checked_metrics, frozenset(trees))
+                job: Callable[[], Path]
+                if self._ranks is None:
+                    staged = {
+                        name: stage_state(tree, slot.buffer(name)) for name, tree in trees.items()
+                    }
+                    job = functools.partial(self._write_step, info, staged, replace)
+                else:  # a failure to stage is raised by the job, on every rank
+                    by_rank = self._ranks.stage(step, trees, slot.buffer)
+                    job = functools.partial(self._write_ranks, info, by_rank, replace)
                 handle = SaveHandle(step)
                 handle.staged.set_result(None)
                 self._catalog.begin_save(step)
-                info = StepInfo(step, self._clock(), checked_metrics, frozenset(trees))
                 writer.submit(
-                    lambda: self._write_step(info, staged, replace),
+                    job,
                     handle,
                     finish_save,
                     lambda: self._after_commit(info.step),
@@ -265,12 +320,38 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         self._catalog.add_committed(info.step, info)  # the job's cleanup ends its flight
         return final
 
+    def _write_ranks(self, info: StepInfo, staged: StagedRank, replace: bool) -> Path:
+        """With a process group, on every rank's writer thread: 2) write 3) commit, together
+        (``_distributed.py``); rank 0 commits through the deleter, as ``_write_step``."""
+        assert self._ranks is not None
+        final = self._ranks.write(
+            staged,
+            self.directory,
+            metrics=info.metrics,
+            wall_time=info.wall_time,
+            signing_key=self.options.signing_key,
+            commit=functools.partial(self._deleter.commit, replace=replace),
+        )
+        self._catalog.add_committed(info.step, info)
+        return final
+
     def _after_commit(self, step: int) -> None:
         """On the writer thread, after ``step`` committed: 4) retain 5) sync (the upload
-        itself runs on the uploader's thread)."""
-        if self._sync is not None:
-            self._sync.enqueue(step)  # before retention: a pending upload is protected
-        self._deleter.apply_retention(self.options.retention)
+        itself runs on the uploader's thread). With a process group, rank 0 does both and
+        tells the other ranks which steps it deleted (a collective of the writer threads)."""
+        if self._ranks is not None and self._ranks.rank != 0:
+            for deleted in self._ranks.from_rank0(None, background=True):
+                self._catalog.forget(deleted)
+            return
+        before = set(self.all_steps())
+        try:
+            if self._sync is not None:
+                self._sync.enqueue(step)  # before retention: a pending upload is protected
+            self._deleter.apply_retention(self.options.retention)
+        finally:
+            if self._ranks is not None:
+                deleted = sorted(before - set(self.all_steps()))
+                self._ranks.from_rank0(deleted, background=True)
 
     # -- deleting -----------------------------------------------------------
 
@@ -349,6 +430,7 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
             None if select is None else list(select),
             item,
             target,
+            self._ranks,
         )
         if not fallback:
             return self._restore(step, request)
@@ -412,6 +494,8 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         writer leaves the manager closed to saves, its lock held until its writer is done:
         ``close()`` again finishes (so does the end of the process)."""
         with holding(self._close_lock):
+            if self._ranks is not None:
+                self._ranks.restore_sigterm()
             if not self._released:
                 self._closed = True
                 try:

@@ -41,6 +41,9 @@ class CheckpointManagerOptions(BaseModel):
       ``KeepBest`` in ``retention`` ranks.
     - ``lock_timeout_s``: how long a second writer waits for the writer lock before
       ``LockTimeoutError``.
+    - ``collective_timeout_s``: with a process group, how long a rank waits for the others
+      in the manager's collectives (its own gloo groups): a rank that died makes the
+      others' saves fail after at most this long.
     - ``weights_only``: the default of ``restore(weights_only=...)``. None (the default):
       pickled objects are unpickled through an allow-list (``add_safe_globals`` extends it;
       anything else raises ``UnsafeObjectError``); True: never unpickle (a step holding
@@ -66,6 +69,7 @@ class CheckpointManagerOptions(BaseModel):
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
     lock_timeout_s: float = Field(default=5.0, ge=0.0, le=86_400.0)
+    collective_timeout_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
     weights_only: bool | None = None
     signing_key: bytes | None = Field(default=None, repr=False)
     mlflow: MlflowSyncOptions | None = None

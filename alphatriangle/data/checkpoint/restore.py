@@ -36,9 +36,9 @@ from alphatriangle.data.checkpoint.errors import (
     StepGoneError,
 )
 from alphatriangle.data.checkpoint.full_restore import read_item
-from alphatriangle.data.checkpoint.layout import step_dir_name
+from alphatriangle.data.checkpoint.layout import shards_index_file, step_dir_name
 from alphatriangle.data.checkpoint.locking import reader_lease, step_not_found
-from alphatriangle.data.checkpoint.manifest import read_manifest
+from alphatriangle.data.checkpoint.manifest import Manifest, read_manifest
 from alphatriangle.data.checkpoint.mapping import PinnedChunks
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
 from alphatriangle.data.checkpoint.partial_restore import Selector, read_selected
@@ -57,6 +57,7 @@ class RestoreRequest:
     select: list[Selector] | None
     item: str = "state"
     target: Any = None  # restore(target=...): filled in place
+    ranks: Any = None  # the manager's RankCheckpointer (with a process group): collective
 
 
 def restore_step(
@@ -79,6 +80,8 @@ def restore_step(
                 path=step_dir,
                 step=step,
             )
+        if shards_index_file(request.item) in manifest.files:  # saved by several ranks
+            return _restore_shards(step_dir, manifest, request, verify=verify, signing_key=key)
         if request.target is not None:
             return restore_into(
                 request.target,
@@ -111,6 +114,39 @@ def restore_step(
             mode=options.restore_mode,
             pinned=pinned,
         )
+
+
+def _restore_shards(
+    step_dir: Path,
+    manifest: Manifest,
+    request: RestoreRequest,
+    *,
+    verify: bool,
+    signing_key: bytes | None,
+) -> Any:
+    """An item saved by several ranks: DCP's planner fills the target's tensors (resharded to
+    the layout they have now), collectively when the manager has a process group."""
+    if request.target is None or request.select is not None:
+        raise CheckpointError(
+            f"step {manifest.step} was saved by several ranks: restore it with target=... (a "
+            "state dict of the tensors to fill)",
+            path=step_dir,
+            step=manifest.step,
+        )
+    from alphatriangle.data.checkpoint._distributed import restore_into as restore_shards
+
+    ranks = request.ranks
+    return restore_shards(
+        step_dir,
+        manifest,
+        request.item,
+        request.target,
+        group=None if ranks is None else ranks.group,
+        rank=0 if ranks is None else ranks.rank,
+        verify=verify,
+        weights_only=request.weights_only,
+        signing_key=signing_key,
+    )
 
 
 def restore_newest(

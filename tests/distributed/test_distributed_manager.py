@@ -6,6 +6,8 @@ Real processes (spawned), gloo on CPU, real files; a rank really SIGKILLed.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,13 @@ from distributed_ranks import (
     fail_on_one_rank,
     killed_mid_save,
     restore_training,
+    retention_and_preemption,
     run_ranks,
     save_training,
     start_ranks,
 )
 
+from alphatriangle.data import CheckpointManager
 from alphatriangle.data.checkpoint.layout import scan_leftovers
 
 pytestmark = pytest.mark.slow
@@ -39,6 +43,10 @@ def test_a_failure_on_one_rank_reaches_every_rank(tmp_path: Path) -> None:
     run_ranks(fail_on_one_rank, 2, str(tmp_path), 1)
 
 
+def test_retention_and_preemption_agree_on_every_rank(tmp_path: Path) -> None:
+    run_ranks(retention_and_preemption, 2, str(tmp_path))
+
+
 def test_a_rank_killed_mid_save(tmp_path: Path) -> None:
     outcome = tmp_path / "outcome.json"
     context = start_ranks(killed_mid_save, 2, str(tmp_path), 1, str(outcome))
@@ -50,3 +58,28 @@ def test_a_rank_killed_mid_save(tmp_path: Path) -> None:
     assert survivor["s"] < GROUP_TIMEOUT_S + 5
     assert not (tmp_path / "step_000000005").exists()
     assert all(leftover.step == 5 for leftover in scan_leftovers(tmp_path))
+    with CheckpointManager(tmp_path) as manager:  # the next open sweeps the leftovers
+        assert manager.all_steps() == []
+    assert scan_leftovers(tmp_path) == []
+
+
+def test_a_ddp_loop_under_torchrun_saves_and_resumes(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = Path(__file__).with_name("ddp_loop.py")
+    for phase in ("train", "resume"):
+        done = subprocess.run(
+            [
+                str(torchrun),
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                str(script),
+                str(tmp_path),
+                phase,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
