@@ -85,12 +85,9 @@ def _user_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
 
 
 def _is_checkpoint_dir(path: Path) -> bool:
-    from alphatriangle.data.checkpoint import CheckpointManager, CheckpointManagerOptions
+    from alphatriangle.data.checkpoint import is_checkpoint_directory
 
-    if path.name == "checkpoints" or (path / ".writer.lock").exists():
-        return True
-    with CheckpointManager(path, CheckpointManagerOptions(read_only=True)) as reader:
-        return bool(reader.all_steps())
+    return path.name == "checkpoints" or is_checkpoint_directory(path)
 
 
 def _checkpoint_dirs(path: Path, run: str | None = None) -> list[Path]:
@@ -153,23 +150,24 @@ def _step_or_newest(reader: Any, step: int | None) -> int:
 def _pending_uploads(directory: Path) -> dict[int, str] | None:
     """Steps waiting for upload, each with why ("" when not known); None when the directory
     is not synced (no ledger)."""
-    ledger = directory / ".uploads.json"
-    if not ledger.exists():
-        return None
+    from alphatriangle.data.checkpoint import CheckpointError, read_upload_status
+
     try:
-        raw = json.loads(ledger.read_text())
-        failures, reason = raw.get("failures") or {}, raw.get("reason") or ""
-        return {step: failures.get(str(step), reason) for step in raw["pending"]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        typer.echo(f"{ledger}: unreadable upload ledger ({exc})", err=True)
+        status = read_upload_status(directory)
+    except CheckpointError as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         return None
+    if status is None:
+        return None
+    return {step: status.failures.get(step, status.retrying or "") for step in status.pending}
 
 
 @ckpt_app.command("list")
 @_user_errors
 def list_steps(path: PathArg, run: RunOpt = None) -> None:
-    """Every run's committed steps: size, time, metrics, items, upload state."""
-    from alphatriangle.data.checkpoint import CheckpointError
+    """Every run's committed steps: size (the bytes of the step alone, and those it shares
+    with other steps), time, metrics, items, upload state."""
+    from alphatriangle.data.checkpoint import CheckpointError, step_dir_name, step_usage
 
     bad = 0
     for reader in _readers(path, run):
@@ -185,13 +183,17 @@ def list_steps(path: PathArg, run: RunOpt = None) -> None:
                 bad += 1
                 typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
                 continue
-            size = sum(f["size"] for f in meta["files"].values())
+            try:
+                own, shared = step_usage(reader.directory / step_dir_name(step))
+            except FileNotFoundError:  # deleted meanwhile
+                continue
             when = dt.datetime.fromtimestamp(meta["wall_time"]).isoformat(timespec="seconds")
             upload = "" if pending is None else "uploaded"
             if pending is not None and step in pending:
                 upload = f"pending upload ({pending[step]})" if pending[step] else "pending upload"
             typer.echo(
-                f"  {step:>12}  {size / 1e6:10.1f} MB  {when}  items={','.join(meta['items'])}  "
+                f"  {step:>12}  {own / 1e6:10.1f} MB own  {shared / 1e6:8.1f} MB shared  {when}  "
+                f"items={','.join(meta['items'])}  "
                 f"{json.dumps(meta['metrics'])}  {upload}".rstrip()
             )
     if bad:
@@ -204,8 +206,9 @@ def list_steps(path: PathArg, run: RunOpt = None) -> None:
 def _pickled_kinds(step_dir: Path, item: str, files: dict[str, Any]) -> list[str] | None:
     """What each pickled leaf of ``item`` is, read from its pickle without running it."""
     from alphatriangle._pickled_types import pickled_types
+    from alphatriangle.data.checkpoint import objects_file
 
-    name = f"{item}.objects.pkl"
+    name = objects_file(item)
     if name not in files:
         return None
     try:
@@ -416,13 +419,15 @@ def prune(  # noqa: PLR0917 - typer maps each option to a parameter
 def _weights_location(reader: Any, step: int, key: str | None) -> tuple[str, tuple[Any, ...]]:
     """(item, path of keys) of the model weights in ``step``: ``key`` (``[ITEM:]a.b``), else
     the DataManager's checkpoint, else the ``model`` of the step's first item."""
+    from alphatriangle.data.checkpoint import DEFAULT_ITEM
+
     items = reader.metadata(step)["items"]
     if key is None:
         if "checkpoint" in items:
             return "checkpoint", ("fields", "model_state_dict")
         return items[0], ("model",)
     item, _, dotted = key.rpartition(":")
-    item = item or ("state" if "state" in items else items[0])
+    item = item or (DEFAULT_ITEM if DEFAULT_ITEM in items else items[0])
     if item not in items:
         raise _UserError(f"step {step} has no item {item!r} (it has {', '.join(items)})")
     return item, tuple(dotted.split("."))
