@@ -8,6 +8,7 @@
 - MLflow sync (``MLFLOW_SYNC``): the experiment ``alphatriangle``, a run named as the run;
   without a tracking server, a local store under the data root (created here).
 - The save policy: the DataManager's schedule (:mod:`alphatriangle.data.save_schedule`).
+- Incremental saves for the replay buffer: a save writes the parts of it that changed.
 
 Readers of other runs rank their steps the same way. Nothing is validated twice: the
 engine's options check every value.
@@ -25,6 +26,7 @@ from alphatriangle.data.checkpoint import (
     RetentionPolicy,
     SavePolicy,
 )
+from alphatriangle.data.state_trees import BUFFER_ITEM
 
 __all__ = ["BEST_FLAG", "reader_options", "writer_options"]
 
@@ -71,6 +73,7 @@ def writer_options(
         best_metric=persist.BEST_METRIC,
         best_mode=persist.BEST_MODE,
         mlflow=_sync(persist, run_name),
+        incremental=frozenset({BUFFER_ITEM}),
     )
 
 

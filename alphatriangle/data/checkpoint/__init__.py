@@ -4,6 +4,7 @@ Python objects. It knows nothing of alphatriangle (nothing outside this package 
 See ``alphatriangle/data/checkpoint/README.md`` for the format, the guarantees and the API.
 """
 
+from alphatriangle.data.checkpoint._chunks import step_usage
 from alphatriangle.data.checkpoint._safe_unpickling import add_safe_globals, safe_globals
 from alphatriangle.data.checkpoint._upload_ledger import read_upload_status
 from alphatriangle.data.checkpoint.commit import fsync_dir, write_file_atomically
@@ -97,5 +98,6 @@ __all__ = [
     "safe_globals",
     "step_dir_name",
     "step_from_dir_name",
+    "step_usage",
     "write_file_atomically",
 ]

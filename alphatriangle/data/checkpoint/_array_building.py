@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import xxhash
 
+from alphatriangle.data.checkpoint._chunks import PartedFile
 from alphatriangle.data.checkpoint._devices import DeviceMap
 from alphatriangle.data.checkpoint._fields import CHECKSUM
 from alphatriangle.data.checkpoint._verified_files import ArrayChecks
@@ -138,7 +139,14 @@ class ArrayReader(list[Any]):
     own checksum the first time it is asked for: a partial restore reads only those bytes."""
 
     def __init__(
-        self, fd: int, path: Path, index: Index, step: int, *, finish: Any, verify: bool
+        self,
+        fd: int | PartedFile,
+        path: Path,
+        index: Index,
+        step: int,
+        *,
+        finish: Any,
+        verify: bool,
     ) -> None:
         super().__init__()
         self._fd, self._path, self._index, self._step = fd, path, index, step
@@ -189,6 +197,9 @@ class ArrayReader(list[Any]):
         raise corrupt_file(self._path, self._step, why)
 
     def pread(self, view: memoryview, offset: int) -> None:
+        if isinstance(self._fd, PartedFile):
+            self._fd.pread(view, offset)
+            return
         filled = 0
         while filled < view.nbytes:
             got = os.preadv(self._fd, [view[filled:]], offset + filled)

@@ -21,7 +21,6 @@ The plan is a list of (target leaf, array position): a later planner for sharded
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import torch
 import xxhash
 
 from alphatriangle.data.checkpoint._array_building import ArrayReader
-from alphatriangle.data.checkpoint._verified_files import open_listed
+from alphatriangle.data.checkpoint._verified_files import close_data, open_data
 from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, TORCH_DTYPES, ArraySpec
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.full_restore import (
@@ -180,7 +179,7 @@ def restore_into(
         with torch.no_grad():
             return _set_leaves(target, whole, copy=True)
     data_path = step_dir / data_file(item)
-    fd = open_listed(data_path, manifest.step, manifest.files[data_file(item)]["size"])
+    fd = open_data(step_dir, manifest, data_file(item))
     try:
         arrays = ArrayReader(
             fd, data_path, index, manifest.step, finish=lambda t, _: t, verify=verify
@@ -198,7 +197,7 @@ def restore_into(
                 restricted=weights_only is None,
             )
     finally:
-        os.close(fd)
+        close_data(fd)
     values = decode_item(step_dir, manifest, item, index.tree, arrays=slots, objects=objects)
     return _set_leaves(target, values, copy=False)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xxhash
 
+from alphatriangle.data.checkpoint._chunks import PartedFile, map_parts, parts_of, read_parts
 from alphatriangle.data.checkpoint._fields import CHECKSUM
 from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
 from alphatriangle.data.checkpoint.errors import (
@@ -46,8 +47,12 @@ __all__ = [
     "VerifiedReader",
     "check_allocatable",
     "check_file",
+    "close_data",
+    "data_entry",
+    "data_mismatch",
     "digest_mismatch",
     "map_data",
+    "open_data",
     "open_regular",
     "read_data",
     "read_listed",
@@ -271,6 +276,49 @@ class VerifiedReader:
             raise digest_mismatch(self.path, self.step, signed=self.digest_name == FILE_DIGEST)
 
 
+def _parted(manifest: Manifest, name: str) -> Mapping[str, Any] | None:
+    """The entry of a data file written as parts (``_chunks.py``), or None."""
+    entry: Mapping[str, Any] | None = manifest.raw.get("parted", {}).get(name)
+    return entry
+
+
+def _parts(step_dir: Path, manifest: Manifest, name: str) -> list[tuple[Path, int]] | None:
+    entry = _parted(manifest, name)
+    return None if entry is None else parts_of(step_dir, manifest.files, name, entry["parts"])
+
+
+def data_entry(manifest: Manifest, name: str) -> Mapping[str, Any]:
+    """A data file's entry: its size and digests, whether whole or in parts."""
+    entry = _parted(manifest, name)
+    return manifest.files[name] if entry is None else entry
+
+
+def open_data(step_dir: Path, manifest: Manifest, name: str) -> int | PartedFile:
+    """A data file opened for ``pread`` (:func:`close_data` it): a descriptor, or its parts."""
+    parts = _parts(step_dir, manifest, name)
+    if parts is not None:
+        return PartedFile(parts, manifest.step)
+    return open_listed(step_dir / name, manifest.step, manifest.files[name]["size"])
+
+
+def close_data(source: int | PartedFile) -> None:
+    if isinstance(source, int):
+        os.close(source)
+
+
+def data_mismatch(
+    step_dir: Path, manifest: Manifest, name: str, *, signed: bool
+) -> CheckpointCorruptError:
+    """The error of a data file whose digest did not match: for one in parts, the first
+    part whose own digest does not match is named (every step sharing it names it too)."""
+    for path, _ in _parts(step_dir, manifest, name) or []:
+        try:
+            check_file(path, manifest.files[path.name], manifest.step, signed=signed)
+        except CheckpointCorruptError as exc:
+            return exc
+    return digest_mismatch(step_dir / name, manifest.step, signed=signed)
+
+
 def _listed_entry(step_dir: Path, manifest: Manifest, name: str) -> Mapping[str, Any]:
     entry = manifest.files.get(name)
     if entry is None:
@@ -319,6 +367,19 @@ def read_data(
 ) -> Arena:
     """A data file read into fresh memory, verified (``restore_mode="copy"``)."""
     path = step_dir / name
+    parts = _parts(step_dir, manifest, name)
+    if parts is not None:
+        arena = np.empty(data_entry(manifest, name)["size"], dtype=np.uint8)
+        check_allocatable(path, manifest.step, arena.nbytes)
+        read_parts(parts, arena, manifest.step)
+        if verify:
+            hasher = file_hasher(signed=signed, threaded=False)
+            hasher.update(arena.data)
+            if hasher.hexdigest() != data_entry(manifest, name).get(
+                FILE_DIGEST if signed else CHECKSUM
+            ):
+                raise data_mismatch(step_dir, manifest, name, signed=signed)
+        return arena
     reader = VerifiedReader(
         path, _listed_entry(step_dir, manifest, name), manifest.step, verify=verify, signed=signed
     )
@@ -341,6 +402,17 @@ def map_data(
     """A data file mapped copy-on-write, and its digest being computed on a thread (the
     mapping must not be written until the digest is read)."""
     path, step = step_dir / name, manifest.step
+    parts = _parts(step_dir, manifest, name)
+    if parts is not None:
+        expected = int(data_entry(manifest, name)["size"])
+        check_allocatable(path, step, expected)
+        arena = map_parts(parts, step)
+        if not verify:
+            return arena, None
+        hasher = file_hasher(signed=signed, threaded=True)
+        for start in range(0, expected, HASH_CHUNK):
+            hasher.update(arena.data[start : start + HASH_CHUNK])
+        return arena, hasher
     expected = int(_listed_entry(step_dir, manifest, name)["size"])
     fd = open_listed(path, step, expected)
     try:

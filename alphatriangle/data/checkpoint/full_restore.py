@@ -26,7 +26,8 @@ from alphatriangle.data.checkpoint._devices import DeviceMap
 from alphatriangle.data.checkpoint._fields import CHECKSUM
 from alphatriangle.data.checkpoint._safe_unpickling import RefusedGlobal, unsafe_object_error
 from alphatriangle.data.checkpoint._verified_files import (
-    digest_mismatch,
+    data_entry,
+    data_mismatch,
     map_data,
     read_data,
     read_listed,
@@ -147,11 +148,11 @@ def read_item(
             arena, specs, step_dir, manifest.step, map_location=map_location, pinned=pinned
         )
     finally:  # nothing mapped is returned before its digest matched
-        intact = digest is None or digest.hexdigest() == manifest.files[data_name].get(
+        intact = digest is None or digest.hexdigest() == data_entry(manifest, data_name).get(
             FILE_DIGEST if signed else CHECKSUM
         )
     if not intact:
-        raise digest_mismatch(step_dir / data_name, manifest.step, signed=signed)
+        raise data_mismatch(step_dir, manifest, data_name, signed=signed)
     for position, spec in enumerate(specs):
         if spec.view_of is not None:  # storages first: views are made of them
             arrays[position] = make_view(arrays[spec.view_of], spec)

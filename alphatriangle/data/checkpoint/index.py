@@ -26,7 +26,7 @@ from alphatriangle.data.checkpoint._fields import (
     is_int,
     parse_json,
 )
-from alphatriangle.data.checkpoint._verified_files import read_listed
+from alphatriangle.data.checkpoint._verified_files import data_entry, read_listed
 from alphatriangle.data.checkpoint.arrays import GRAD_DTYPES, TORCH_DTYPES, ArraySpec, numpy_dtype
 from alphatriangle.data.checkpoint.errors import corrupt_file
 from alphatriangle.data.checkpoint.layout import data_file, index_file
@@ -221,5 +221,5 @@ def read_index(
     """The item's index, read (verified against the manifest) and parsed."""
     name, data_name = index_file(item), data_file(item)
     data = read_listed(step_dir, manifest, name, verify=verify, signed=signed)
-    size = manifest.files[data_name]["size"]
+    size = data_entry(manifest, data_name)["size"]
     return parse_index(data, step_dir / name, manifest.step, data_name=data_name, data_size=size)

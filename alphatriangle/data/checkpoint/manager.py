@@ -312,6 +312,8 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
                 metrics=info.metrics,
                 wall_time=info.wall_time,
                 signing_key=self.options.signing_key,
+                incremental=self.options.incremental,
+                catalog=self._catalog,
             )
             final = self._deleter.commit(temporary, info.step, replace=replace)
         except BaseException:

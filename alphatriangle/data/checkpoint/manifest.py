@@ -9,7 +9,8 @@ manifest reads back is complete.
 
 Reading is strict: its own checksum, the field types (``format_version`` an int, ``step`` the
 directory's step, items and file names plain names, sizes non-negative ints, checksums hex),
-each item's data and index files listed; any violation raises ``CheckpointCorruptError``
+each item's data and index files listed (a data file in parts: in ``parted``, its parts
+listed in order, ``_chunks.py``); any violation raises ``CheckpointCorruptError``
 naming the file, a signature that does not verify ``CheckpointSignatureError``.
 Cost: one small read and one JSON parse (retention reads one per step, once).
 """
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import xxhash
 
+from alphatriangle.data.checkpoint._chunks import parted_problem
 from alphatriangle.data.checkpoint._fields import (
     CHECKSUM,
     HEX_PATTERNS,
@@ -63,7 +65,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "alphatriangle-checkpoint"
-FORMAT_VERSION = 2  # 2: compact dict nodes ("da", "oda") in the tree; 1 is read too
+FORMAT_VERSION = 3  # 2: compact dict nodes ("da", "oda"); 3: data files in parts ("parted")
 MAX_MANIFEST_BYTES = 64 << 20
 
 
@@ -129,10 +131,12 @@ def build_manifest(
     metrics: Mapping[str, float],
     items: list[str],
     files: Mapping[str, Any],
+    parted: Mapping[str, Any] | None = None,
     signing_key: bytes | None = None,
 ) -> dict[str, Any]:
     """The manifest of a step whose ``files`` (name: entry, as ``step_writer`` returns them)
-    are written; signed when ``signing_key`` is given. :func:`seal` gives its bytes."""
+    are written, and whose ``parted`` data files are written as parts (listed in ``files``);
+    signed when ``signing_key`` is given. :func:`seal` gives its bytes."""
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -143,6 +147,8 @@ def build_manifest(
         "files": dict(files),
         "versions": _versions(),
     }
+    if parted:
+        manifest["parted"] = dict(parted)
     if signing_key is not None:
         manifest["signature"] = manifest_signature(manifest, signing_key, canonical(manifest))
     return manifest
@@ -244,9 +250,13 @@ def _parse_manifest(raw: dict[str, Any], path: str, step: int | None) -> Manifes
                 isinstance(value, str) and pattern.match(value)
             ):
                 raise bad(f"the entry of {name} has no valid {digest}")
+    parted = raw.get("parted", {})
+    problem = parted_problem(files, parted, HEX_PATTERNS)
+    if problem is not None:
+        raise bad(problem)
     for item in items:
         for name in (data_file(item), index_file(item)):
-            if name not in files:
+            if name not in files and name not in parted:
                 raise bad(f"item {item!r} has no {name}")
     return Manifest(
         step=said,

@@ -52,6 +52,9 @@ class CheckpointManagerOptions(BaseModel):
     - ``signing_key``: at least 16 bytes; every step written is signed (HMAC-SHA256 over the
       manifest, SHA-256 of every file) and every step restored must carry a valid signature
       (``CheckpointSignatureError`` otherwise). Never shown in the options' repr.
+    - ``incremental``: True (every item) or a set of item names: write their data files as
+      1 MiB parts, hard-linking every part equal to one of the newest committed step
+      (``_chunks.py``): a save costs what changed.
     - ``mlflow``: upload every committed step to MLflow in the background
       (``MlflowSyncOptions``; see ``sync.py``).
     """
@@ -72,6 +75,7 @@ class CheckpointManagerOptions(BaseModel):
     collective_timeout_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
     weights_only: bool | None = None
     signing_key: bytes | None = Field(default=None, repr=False)
+    incremental: bool | frozenset[str] = False
     mlflow: MlflowSyncOptions | None = None
 
     @model_validator(mode="after")

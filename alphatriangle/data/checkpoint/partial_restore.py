@@ -14,7 +14,6 @@ selected bytes, plus the index.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 
 from alphatriangle.data.checkpoint._array_building import ArrayReader, finish_tensor
 from alphatriangle.data.checkpoint._devices import DeviceMap
-from alphatriangle.data.checkpoint._verified_files import open_listed
+from alphatriangle.data.checkpoint._verified_files import close_data, open_data
 from alphatriangle.data.checkpoint.arrays import ArraySpec
 from alphatriangle.data.checkpoint.errors import WeightsOnlyError
 from alphatriangle.data.checkpoint.full_restore import (
@@ -98,7 +97,7 @@ def read_selected(
             step=manifest.step,
         )
     data_path = step_dir / data_file(item)
-    fd = open_listed(data_path, manifest.step, manifest.files[data_file(item)]["size"])
+    fd = open_data(step_dir, manifest, data_file(item))
     try:
 
         def finish(tensor: torch.Tensor, spec: ArraySpec) -> torch.Tensor:
@@ -122,7 +121,7 @@ def read_selected(
             for node in nodes
         ]
     finally:
-        os.close(fd)
+        close_data(fd)
     return _assemble(paths, values)
 
 

@@ -6,6 +6,9 @@ step_000002500/
     manifest.json            written last (``manifest.py``): every file below, with its size
                              and xxh3-64 checksum (and SHA-256 when signed)
     <item>.data              every tensor and array of the item, raw bytes, 64-byte aligned
+    <item>.data.000000 ...   or, for incremental saves, the same bytes as 1 MiB parts, each
+                             a hard link to an equal part of the previous step when it has
+                             one (``_chunks.py``)
     <item>.index.json        the item's tree and array table (``index.py``)
     <item>.objects.pkl       only when the item has leaves that are neither arrays nor plain
                              scalars: those, cloudpickled together (``tree.py``)
@@ -21,6 +24,7 @@ cache).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,15 +33,26 @@ from typing import Any
 
 import xxhash
 
+from alphatriangle.data.checkpoint._chunks import shareable_parts, write_parts
 from alphatriangle.data.checkpoint._fields import CHECKSUM, canonical
 from alphatriangle.data.checkpoint._verified_files import HashThread
+from alphatriangle.data.checkpoint.catalog import StepCatalog
+from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.index import encode_index
-from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, data_file, index_file, objects_file
-from alphatriangle.data.checkpoint.manifest import build_manifest, seal
+from alphatriangle.data.checkpoint.layout import (
+    MANIFEST_NAME,
+    data_file,
+    index_file,
+    objects_file,
+    step_dir_name,
+)
+from alphatriangle.data.checkpoint.manifest import build_manifest, read_manifest, seal
 from alphatriangle.data.checkpoint.signing import FILE_DIGEST, ChunkedDigest
 from alphatriangle.data.checkpoint.staging import StagedState
 
-__all__ = ["StepFile", "write_files", "write_step_files"]
+__all__ = ["StepFile", "previous_parts", "write_files", "write_step_files"]
+
+logger = logging.getLogger(__name__)
 
 _WRITE_CHUNK = 64 << 20  # a multiple of the page: O_DIRECT writes stay aligned
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
@@ -128,6 +143,57 @@ def _write_file(directory: Path, file: StepFile, *, signed: bool) -> dict[str, A
     return entry
 
 
+def _write_parted(
+    directory: Path,
+    file: StepFile,
+    shareable: Mapping[str, tuple[Path, Mapping[str, Any]]],
+    *,
+    signed: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write a data file as parts (``_chunks.py``), linking those the previous step has;
+    the entries of its parts, and its own entry (size, digests of the whole, part count)."""
+    view = memoryview(file.data).cast("B")
+    hasher = xxhash.xxh3_64()
+    digest = ChunkedDigest() if signed else None
+    if digest is not None:
+        digest.update(view)
+    hashing = HashThread()
+    hashing.put(_checksum, view, hasher, file.regions, file.region_digests)
+    try:
+        parts = write_parts(directory, file.name, view, shareable, signed=signed)
+    finally:
+        hashing.join()
+        if digest is not None:
+            digest.stop()
+    whole: dict[str, Any] = {"size": view.nbytes, CHECKSUM: hasher.hexdigest()}
+    whole["parts"] = len(parts.entries)
+    if digest is not None:
+        whole[FILE_DIGEST] = digest.hexdigest()
+    return parts.entries, whole
+
+
+def previous_parts(
+    catalog: StepCatalog, items: Iterable[str], signing_key: bytes | None
+) -> dict[str, tuple[Path, Mapping[str, Any]]]:
+    """The parts a new step may link (``_chunks.py``): those of the newest committed step,
+    and of the newest holding each of ``items``, read from their manifests (with a signing
+    key, only from manifests whose signature verifies). A step that cannot be read shares
+    nothing: its parts are written again."""
+    steps = {step for item in items for step in catalog.steps_holding(item)[:1]}
+    newest = catalog.newest_committed()
+    steps |= set() if newest is None else {newest[0]}
+    shareable: dict[str, tuple[Path, Mapping[str, Any]]] = {}
+    for step in sorted(steps):
+        step_dir = catalog.directory / step_dir_name(step)
+        try:
+            manifest = read_manifest(step_dir, step, signing_key=signing_key)
+        except (CheckpointError, OSError) as exc:
+            logger.info("step %d shares no parts with the next save: %s", step, exc)
+            continue
+        shareable |= shareable_parts(step_dir, manifest.files, signed=signing_key is not None)
+    return shareable
+
+
 def write_files(
     directory: Path, files: Iterable[StepFile], *, signed: bool
 ) -> dict[str, dict[str, Any]]:
@@ -143,13 +209,22 @@ def write_step_files(
     metrics: Mapping[str, float],
     wall_time: float,
     signing_key: bytes | None = None,
+    incremental: bool | frozenset[str] = False,
+    catalog: StepCatalog | None = None,
 ) -> dict[str, Any]:
     """Write every file of a step into ``directory`` (a temporary directory), manifest last.
     Every file is fsynced before this returns; the directory itself is not (commit does it).
-    With ``signing_key``, files get SHA-256 digests and the manifest a signature. Returns the
-    manifest written."""
+    With ``signing_key``, files get SHA-256 digests and the manifest a signature. With
+    ``incremental`` (every item, or the items named) and the ``catalog`` of committed steps,
+    data files are written as parts, those equal to a part of the newest step linked
+    (``_chunks.py``). Returns the manifest written."""
     signed = signing_key is not None
+    parted_items = set(items) if incremental is True else set(incremental or ()) & set(items)
+    shareable = None
+    if parted_items and catalog is not None:
+        shareable = previous_parts(catalog, parted_items, signing_key)
     entries: dict[str, Any] = {}
+    parted: dict[str, Any] = {}
     for name, staged in items.items():
         data = StepFile(
             data_file(name),
@@ -157,7 +232,11 @@ def write_step_files(
             staged.page_padded_data(),
             regions=[(a.offset, a.nbytes) for a in staged.arrays],
         )
-        entries |= write_files(directory, [data], signed=signed)
+        if shareable is None or name not in parted_items:
+            entries |= write_files(directory, [data], signed=signed)
+        else:
+            parts, parted[data.name] = _write_parted(directory, data, shareable, signed=signed)
+            entries |= parts
         index = encode_index(staged.tree, staged.arrays, data.region_digests)
         later = [StepFile(index_file(name), index)]
         if staged.objects is not None:
@@ -169,6 +248,7 @@ def write_step_files(
         metrics=metrics,
         items=list(items),
         files=entries,
+        parted=parted,
         signing_key=signing_key,
     )
     body = canonical(manifest)

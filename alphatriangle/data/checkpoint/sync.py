@@ -28,6 +28,7 @@ only when sync is used.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -38,6 +39,7 @@ from typing import Any
 
 import tenacity
 
+from alphatriangle.data.checkpoint._chunks import listed_parts
 from alphatriangle.data.checkpoint._remote_errors import describe, is_transient
 from alphatriangle.data.checkpoint._remote_store import (
     RunArtifacts,
@@ -47,7 +49,12 @@ from alphatriangle.data.checkpoint._remote_store import (
 from alphatriangle.data.checkpoint._sync_options import MlflowSyncOptions
 from alphatriangle.data.checkpoint._upload_ledger import LEDGER_NAME, UploadLedger, UploadStatus
 from alphatriangle.data.checkpoint.errors import CheckpointError
-from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, step_dir_name, step_from_dir_name
+from alphatriangle.data.checkpoint.layout import (
+    MANIFEST_NAME,
+    step_dir_name,
+    step_from_dir_name,
+    temporary_dir_name,
+)
 
 __all__ = [
     "LEDGER_NAME",
@@ -59,6 +66,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+PARTS_DIR = "parts"  # parts of data files (``_chunks.py``), each under its digest
 
 
 class MlflowSync:
@@ -327,12 +336,39 @@ class MlflowSync:
         if MANIFEST_NAME in present and not self._same_remote_manifest(step, local):
             logger.info("step %d was replaced since its upload: sending every file again", step)
             present = {}
-        names = sorted(p.name for p in local.iterdir() if p.name != MANIFEST_NAME)
+        parts = self._upload_parts(step, local)
+        names = sorted(p.name for p in local.iterdir() if p.name not in (MANIFEST_NAME, *parts))
         for name in [*names, MANIFEST_NAME]:
             if self._stop_event.is_set():
                 raise CheckpointError(f"closing before step {step} was uploaded", step=step)
             if present.get(name) != (local / name).stat().st_size:
                 store.upload(str(local / name), remote)
+
+    def _upload_parts(self, step: int, local: Path) -> dict[str, str]:
+        """Upload the parts of ``step`` (``_chunks.py``) the server lacks, each once, under
+        its digest in ``<artifact_path>/parts/``, whatever number of steps share it; the
+        parts of the step, by name."""
+        parts = listed_parts(local / MANIFEST_NAME)
+        if not parts:
+            return parts
+        store = self.artifacts()
+        remote = f"{self.options.artifact_path}/{PARTS_DIR}"
+        uploaded = {Path(f.path).name for f in store.list(remote)}
+        landing = self.directory / temporary_dir_name(step)  # swept at open if left
+        landing.mkdir()
+        try:
+            for name, digest in parts.items():
+                if digest in uploaded:
+                    continue
+                if self._stop_event.is_set():
+                    raise CheckpointError(f"closing before step {step} was uploaded", step=step)
+                os.link(local / name, landing / digest)  # the part, named by its content
+                store.upload(str(landing / digest), remote)
+                (landing / digest).unlink()
+                uploaded.add(digest)
+        finally:
+            shutil.rmtree(landing, ignore_errors=True)
+        return parts
 
     def wait(self, timeout: float | None) -> bool:
         """Wait until nothing is pending (or only steps and files that failed for good);
@@ -458,6 +494,10 @@ class MlflowSync:
                     if not path.is_file() or path.is_symlink():
                         raise CheckpointError(f"remote step {step} holds {path.name}, not a file")
                     path.replace(into / path.name)
+                for name, digest in listed_parts(into / MANIFEST_NAME).items():
+                    if not (into / name).exists():  # parts live under their digest
+                        remote = f"{self.options.artifact_path}/{PARTS_DIR}/{digest}"
+                        Path(store.download(remote, str(landing))).replace(into / name)
                 shutil.rmtree(landing, ignore_errors=True)
 
 
