@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from dm_support import Parts, make_persist, make_train, save_step
+from hypothesis import given
+from hypothesis import strategies as st
 
+from alphatriangle.config import PersistenceConfig
 from alphatriangle.data import DataManager, SaveContext, SaveEvery, SaveInterval
 from alphatriangle.data.save_schedule import SaveSchedule
 
@@ -102,3 +105,40 @@ def test_a_resumed_run_counts_wall_time_from_its_opening(tmp_path: Path) -> None
         assert save_step(dm, parts, 6) is None
         now[0] = 2061.0
         assert save_step(dm, parts, 7) is not None
+
+
+@given(
+    every=st.integers(1, 6),
+    seconds=st.none() | st.floats(1.0, 50.0),
+    buffer_every=st.integers(1, 6),
+    moves=st.lists(st.tuples(st.integers(1, 3), st.floats(0.0, 30.0), st.booleans()), max_size=40),
+)
+def test_each_decision_is_what_the_configs_say(
+    every: int,
+    seconds: float | None,
+    buffer_every: int,
+    moves: list[tuple[int, float, bool]],
+) -> None:
+    """Against a plain model of the rules: the checkpoint when the step is a multiple of
+    ``every`` or ``seconds`` passed since the last checkpoint saved (or the opening), the
+    buffer when the step is a multiple of ``buffer_every``; a save may be dropped (the step
+    was saved already, the queue was full) and then counts for nothing."""
+    now = [0.0]
+    train = make_train(CHECKPOINT_SAVE_FREQ_STEPS=every, CHECKPOINT_SAVE_FREQ_SECONDS=seconds)
+    persist = PersistenceConfig(BUFFER_SAVE_FREQ_STEPS=buffer_every, MLFLOW_SYNC=False)
+    schedule = SaveSchedule.from_configs(train, persist, clock=lambda: now[0])
+    policy = schedule.engine_policy()
+    step, last_checkpoint = 0, 0.0
+    for advance, elapsed, written in moves:
+        step, now[0] = step + advance, now[0] + elapsed
+        checkpoint = step % every == 0 or (
+            seconds is not None and now[0] - last_checkpoint >= seconds
+        )
+        expected = {"checkpoint"} if checkpoint else set()
+        expected |= {"buffer"} if step % buffer_every == 0 else set()
+        due = schedule.due_items(step)
+        assert due == expected
+        assert policy.should_save(SaveContext(step, now[0], None, None)) == bool(expected)
+        if written and due:
+            schedule.saved(step, set(due))
+            last_checkpoint = now[0] if checkpoint else last_checkpoint
