@@ -16,7 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-app.add_typer(ckpt_app, name="ckpt", help="List, inspect, verify, prune and export checkpoints.")
+app.add_typer(ckpt_app, name="ckpt")  # the help is ckpt_app's
 
 
 @app.command()
