@@ -79,3 +79,27 @@ def test_the_placement_is_reused_while_leaves_fit_it() -> None:
     assert second.tree == {"oda": [0, [f"layer{i}.weight" for i in range(5)]]}
     stage_state(_model(**{"layer1.weight": torch.ones(3, 4)}), buffer)
     assert buffer.staging_layout is not layout
+
+
+def test_large_tensors_are_copied_whatever_their_layout_becomes(ckpt_dir: Path) -> None:
+    # Large CPU tensors are copied as bytes when contiguous: a later save of the same shapes
+    # (the placement reused) with transposed, conjugated or negated views must still be exact.
+    square = torch.randn(600, 600)  # 1.4 MB
+    complex_ = torch.randn(400, 400, dtype=torch.complex64)
+    weight = torch.nn.Parameter(torch.randn(300, 1000, dtype=torch.bfloat16))
+    flags = torch.rand(1 << 21) > 0.5
+    states = [
+        {"m": square, "c": complex_, "w": weight, "b": flags},
+        {"m": square.t(), "c": complex_.conj(), "w": weight, "b": ~flags},
+        {"m": torch._neg_view(square), "c": complex_, "w": weight, "b": flags},
+    ]
+    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(retention=KeepAll())) as m:
+        for step, state in enumerate(states):
+            m.save(step, state)
+        m.wait_until_finished()
+        for step, state in enumerate(states):
+            restored = m.restore(step)
+            for key, value in state.items():
+                expected = value.detach().resolve_conj().resolve_neg()
+                assert torch.equal(restored[key].detach(), expected), (step, key)
+            assert type(restored["w"]) is torch.nn.Parameter
