@@ -7,21 +7,33 @@ reads without taking the writer lock (``prune --yes`` alone takes it, and refuse
 writer holds it), and none unpickles anything: inspecting an untrusted checkpoint runs none
 of its code. A user error (no such path, run, step or key, a metric no step logged, an
 unreadable file) is one line on stderr and exit code 1 (2 for a wrong command line), never a
-traceback.
+traceback. The shared arguments and the user errors: ``_ckpt_args.py``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
-import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
+
+from alphatriangle._ckpt_args import (
+    PathArg,
+    RunOpt,
+    StepOpt,
+    UserError,
+    one_checkpoint_dir,
+    one_line,
+    open_reader,
+    readers,
+    report_error,
+    step_or_newest,
+    user_errors,
+)
 
 ckpt_app = typer.Typer(
     help="List, inspect, verify, prune and export checkpoints.",
@@ -29,119 +41,6 @@ ckpt_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-PathArg = Annotated[
-    Path, typer.Argument(help="A data root, a run directory or a checkpoint directory.")
-]
-RunOpt = Annotated[
-    str | None, typer.Option("--run", help="The run to read, when PATH holds several.")
-]
-StepOpt = Annotated[
-    int | None, typer.Option("--step", min=0, help="The step (default: the newest).")
-]
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-class _UserError(Exception):
-    """A mistake of the caller's: one line on stderr, exit ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _fail(message: object, code: int) -> NoReturn:
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    raise typer.Exit(code)
-
-
-def _user_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``command``, turning the errors a user can cause into one line on stderr."""
-
-    @functools.wraps(command)
-    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return command(*args, **kwargs)
-        except _UserError as exc:
-            _fail(exc, exc.code)
-        except BrokenPipeError:  # the reader stopped reading (``| head``): stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(141) from None
-        except Exception as exc:
-            # Loaded whenever one of its errors was raised (torch with it: not imported here).
-            engine = sys.modules.get("alphatriangle.data.checkpoint")
-            if engine is not None and isinstance(exc, engine.CheckpointError):
-                _fail(exc, 1)  # not found, corrupt, signature, weights only, lock
-            if isinstance(exc, OSError):
-                _fail(exc if exc.filename is None else f"{exc.filename}: {exc.strerror}", 1)
-            raise
-
-    return run
-
-
-# -- which directories ----------------------------------------------------------------------
-
-
-def _is_checkpoint_dir(path: Path) -> bool:
-    from alphatriangle.data.checkpoint import is_checkpoint_directory
-
-    return path.name == "checkpoints" or is_checkpoint_directory(path)
-
-
-def _checkpoint_dirs(path: Path, run: str | None = None) -> list[Path]:
-    """The checkpoint directories under ``path`` (itself, its ``checkpoints/``, or those of
-    every run under ``runs/``), or of the run ``run`` alone."""
-    if not path.exists():
-        raise _UserError(f"{path} does not exist", 2)
-    if not path.is_dir():
-        raise _UserError(f"{path} is not a directory", 2)
-    if _is_checkpoint_dir(path):
-        found = [path]
-    elif (path / "checkpoints").is_dir():
-        found = [path / "checkpoints"]
-    else:
-        runs = path / "runs" if (path / "runs").is_dir() else path
-        found = sorted(p / "checkpoints" for p in runs.iterdir() if (p / "checkpoints").is_dir())
-        if not found:
-            raise _UserError(f"no checkpoint directory under {path}", 2)
-    if run is None:
-        return found
-    chosen = [directory for directory in found if directory.parent.name == run]
-    if not chosen:
-        names = ", ".join(directory.parent.name for directory in found)
-        raise _UserError(f"no run {run!r} under {path} (runs: {names})", 2)
-    return chosen
-
-
-def _one_checkpoint_dir(path: Path, run: str | None) -> Path:
-    found = _checkpoint_dirs(path, run)
-    if len(found) > 1:
-        names = ", ".join(directory.parent.name for directory in found)
-        raise _UserError(f"{path} holds {len(found)} runs ({names}): choose one with --run", 2)
-    return found[0]
-
-
-def _reader(directory: Path, **options: Any) -> Any:
-    from alphatriangle.data.checkpoint import CheckpointManager, CheckpointManagerOptions
-
-    return CheckpointManager(directory, CheckpointManagerOptions(read_only=True, **options))
-
-
-def _readers(path: Path, run: str | None = None, **options: Any) -> Iterator[Any]:
-    for directory in _checkpoint_dirs(path, run):
-        with _reader(directory, **options) as reader:
-            yield reader
-
-
-def _step_or_newest(reader: Any, step: int | None) -> int:
-    if step is not None:
-        return step
-    newest: int | None = reader.latest_step()
-    if newest is None:
-        raise _UserError(f"no committed step in {reader.directory}")
-    return newest
 
 
 # -- list -----------------------------------------------------------------------------------
@@ -155,7 +54,7 @@ def _pending_uploads(directory: Path) -> dict[int, str] | None:
     try:
         status = read_upload_status(directory)
     except CheckpointError as exc:
-        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        report_error(exc)
         return None
     if status is None:
         return None
@@ -163,14 +62,14 @@ def _pending_uploads(directory: Path) -> dict[int, str] | None:
 
 
 @ckpt_app.command("list")
-@_user_errors
+@user_errors
 def list_steps(path: PathArg, run: RunOpt = None) -> None:
     """Every run's committed steps: size (the bytes of the step alone, and those it shares
     with other steps), time, metrics, items, upload state."""
     from alphatriangle.data.checkpoint import CheckpointError, step_dir_name, step_usage
 
     bad = 0
-    for reader in _readers(path, run):
+    for reader in readers(path, run):
         typer.echo(f"{reader.directory}:")
         pending = _pending_uploads(reader.directory)
         steps = reader.all_steps()
@@ -181,7 +80,7 @@ def list_steps(path: PathArg, run: RunOpt = None) -> None:
                 meta = reader.metadata(step)
             except CheckpointError as exc:
                 bad += 1
-                typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+                report_error(exc)
                 continue
             try:
                 own, shared = step_usage(reader.directory / step_dir_name(step))
@@ -214,7 +113,7 @@ def _pickled_kinds(step_dir: Path, item: str, files: dict[str, Any]) -> list[str
     try:
         return pickled_types((step_dir / name).read_bytes())
     except ValueError as exc:
-        raise _UserError(f"{step_dir / name}: {exc}") from None
+        raise UserError(f"{step_dir / name}: {exc}") from None
 
 
 def _jsonable(tree: Any, kinds: list[str] | None) -> Any:
@@ -254,7 +153,7 @@ def _leaves(tree: Any, where: str, kinds: list[str] | None) -> Iterator[tuple[st
 
 
 @ckpt_app.command()
-@_user_errors
+@user_errors
 def inspect(
     path: PathArg,
     step: StepOpt = None,
@@ -264,12 +163,12 @@ def inspect(
     """A step's manifest, its items, and every leaf of each: tensors and arrays with their
     dtype, shape and device (from the index alone: no data read), pickled objects by type
     (read from the pickle without running it), scalars and strings by value."""
-    directory = _one_checkpoint_dir(path, run)  # before importing the engine: a quick error
+    directory = one_checkpoint_dir(path, run)  # before importing the engine: a quick error
 
     from alphatriangle.data.checkpoint import step_dir_name
 
-    with _reader(directory) as reader:
-        step = _step_or_newest(reader, step)
+    with open_reader(directory) as reader:
+        step = step_or_newest(reader, step)
         meta = reader.metadata(step)
         step_dir = reader.directory / step_dir_name(step)
         trees = {item: reader.array_metadata(step, item=item) for item in meta["items"]}
@@ -295,12 +194,12 @@ def _signing_key(key_file: Path | None) -> bytes | None:
         return None
     key = key_file.read_bytes()
     if len(key) < 16:
-        raise _UserError(f"{key_file} holds {len(key)} bytes: a signing key has at least 16", 2)
+        raise UserError(f"{key_file} holds {len(key)} bytes: a signing key has at least 16", 2)
     return key
 
 
 @ckpt_app.command()
-@_user_errors
+@user_errors
 def verify(
     path: PathArg,
     run: RunOpt = None,
@@ -322,7 +221,7 @@ def verify(
 
     key = _signing_key(signing_key_file)
     bad = unchecked = 0
-    for reader in _readers(path, run, signing_key=key):
+    for reader in readers(path, run, signing_key=key):
         steps = reader.all_steps()
         with Progress(disable=not sys.stderr.isatty(), transient=True) as progress:
             task = progress.add_task(f"verifying {reader.directory}", total=len(steps))
@@ -332,9 +231,7 @@ def verify(
                     signed = "signature" in reader.metadata(step)
                 except CheckpointError as exc:
                     bad += 1
-                    typer.echo(
-                        f"{reader.directory}/step {step}: {' '.join(str(exc).split())}", err=True
-                    )
+                    typer.echo(f"{reader.directory}/step {step}: {one_line(exc)}", err=True)
                 else:
                     note = ""
                     if key is not None:
@@ -358,7 +255,7 @@ def verify(
 
 
 @ckpt_app.command()
-@_user_errors
+@user_errors
 def prune(  # noqa: PLR0917 - typer maps each option to a parameter
     path: PathArg,
     keep_latest: Annotated[int, typer.Option(min=1, help="Keep the N newest steps.")] = 3,
@@ -384,17 +281,17 @@ def prune(  # noqa: PLR0917 - typer maps each option to a parameter
     )
 
     if mode not in ("min", "max"):
-        raise _UserError(f"--mode must be min or max, not {mode!r}", 2)
+        raise UserError(f"--mode must be min or max, not {mode!r}", 2)
     policy: RetentionPolicy = KeepLatest(keep_latest)
     if keep_best:
         policy |= KeepBest(keep_best, metric, mode)  # type: ignore[arg-type]
     if keep_every:
         policy |= KeepEvery(steps=keep_every)
     plans = []
-    for reader in _readers(path, run):
+    for reader in readers(path, run):
         steps = reader.all_steps()
         if keep_best and steps and not any(metric in reader.metadata(s)["metrics"] for s in steps):
-            raise _UserError(f"no step of {reader.directory} logged the metric {metric!r}")
+            raise UserError(f"no step of {reader.directory} logged the metric {metric!r}")
         kept = reader.plan_retention(policy)
         plans.append((reader.directory, [s for s in steps if s not in kept], kept & set(steps)))
     for directory, doomed, kept in plans:
@@ -406,7 +303,7 @@ def prune(  # noqa: PLR0917 - typer maps each option to a parameter
                 directory, CheckpointManagerOptions(retention=KeepAll(), lock_timeout_s=0)
             )
         except LockTimeoutError as exc:
-            raise _UserError(f"refused: {exc}") from None
+            raise UserError(f"refused: {exc}") from None
         with writer:
             for step in doomed:
                 writer.delete(step)
@@ -429,7 +326,7 @@ def _weights_location(reader: Any, step: int, key: str | None) -> tuple[str, tup
     item, _, dotted = key.rpartition(":")
     item = item or (DEFAULT_ITEM if DEFAULT_ITEM in items else items[0])
     if item not in items:
-        raise _UserError(f"step {step} has no item {item!r} (it has {', '.join(items)})")
+        raise UserError(f"step {step} has no item {item!r} (it has {', '.join(items)})")
     return item, tuple(dotted.split("."))
 
 
@@ -443,7 +340,7 @@ def _subtree(tree: Any, keys: tuple[Any, ...], step: int, item: str) -> Any:
             node = node[int(key)]
         else:
             found = ", ".join(map(str, node)) if isinstance(node, dict) else type(node).__name__
-            raise _UserError(
+            raise UserError(
                 f"step {step}, item {item!r} has no key {where!r} (there: {found}); name the "
                 "model's weights with --key"
             )
@@ -451,7 +348,7 @@ def _subtree(tree: Any, keys: tuple[Any, ...], step: int, item: str) -> Any:
 
 
 @ckpt_app.command()
-@_user_errors
+@user_errors
 def export(
     path: PathArg,
     out: Annotated[
@@ -477,14 +374,14 @@ def export(
 
     from alphatriangle.data.checkpoint import ArrayMetadata
 
-    with _reader(_one_checkpoint_dir(path, run), weights_only=True) as reader:
-        step = _step_or_newest(reader, step)
+    with open_reader(one_checkpoint_dir(path, run), weights_only=True) as reader:
+        step = step_or_newest(reader, step)
         item, keys = _weights_location(reader, step, key)
         weights_meta = _subtree(reader.array_metadata(step, item=item), keys, step, item)
         if not isinstance(weights_meta, dict) or not all(
             isinstance(v, ArrayMetadata) for v in weights_meta.values()
         ):
-            raise _UserError(
+            raise UserError(
                 f"step {step}, item {item!r}, key {'.'.join(keys)!r} is not a dict of tensors"
             )
         tree = reader.restore(step, item=item, select=[keys])
@@ -494,7 +391,7 @@ def export(
         try:
             from safetensors.torch import save_file
         except ImportError:
-            raise _UserError("writing .safetensors needs `pip install safetensors`") from None
+            raise UserError("writing .safetensors needs `pip install safetensors`") from None
         save_file(tensors, str(out))
     else:
         torch.save(tensors, out)
