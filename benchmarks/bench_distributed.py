@@ -5,14 +5,16 @@
 Each of ``--ranks`` spawned processes (gloo on CPU) holds ``--mb`` MB of float32 DTensors
 row-sharded over the ranks (4 MB local shards). Per repeat, after one warm-up of each:
 
-- **stall**: how long the call blocks each rank (the longest rank counts): our staging
-  against DCP ``async_save`` (thread executor, its default stager); the floor is a copy of
-  the same bytes into preallocated memory;
+- **stall**: how long the call blocks each rank (the longest rank counts):
+  ``CheckpointManager(process_group=...).save`` against DCP ``async_save`` (thread
+  executor, its default stager); the floor is a copy of the same bytes into preallocated
+  memory;
 - **commit**: save called -> the step durable and known to every rank (the longest rank):
-  our stage + write + commit against ``async_save`` + its future;
-- **restore** into preallocated DTensors of the same layout, page cache warm, against
-  ``dcp.load`` with its ``FileSystemReader``; **resharded restore**: into DTensors sharded by
-  columns instead of rows (every rank reads pieces of every stored chunk).
+  ``save`` + ``handle.result()`` against ``async_save`` + its future;
+- **restore**: ``restore(step, target=...)`` into preallocated DTensors of the same layout,
+  page cache warm, against ``dcp.load`` with its ``FileSystemReader``; **resharded
+  restore**: into DTensors sharded by columns instead of rows (every rank reads pieces of
+  every stored chunk).
 
 Both save with a gloo group of their own. Our restore verifies every region it reads (xxh3);
 DCP's verifies nothing.
@@ -27,7 +29,6 @@ import socket
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,6 @@ def _one_repeat(
     states: dict[str, dict[str, DTensor]],
     *,
     floor_buffers: list[torch.Tensor],
-    buffers: dict[str, Any],
     ours: Any,
     dcp_group: Any,
     root: Path,
@@ -94,9 +94,9 @@ def _one_repeat(
 
     dist.barrier()
     began = time.perf_counter()
-    staged = ours.stage(step, {"state": state}, buffers.__getitem__)
+    handle = ours.save(step, state)
     timings["ours: stall"] = time.perf_counter() - began
-    step_dir = ours.write(staged, root / "ours")
+    handle.result()
     timings["ours: commit"] = time.perf_counter() - began
 
     dcp_dir = root / "dcp" / str(step)
@@ -113,7 +113,7 @@ def _one_repeat(
         into = states[name]
         dist.barrier()
         began = time.perf_counter()
-        ours.restore_into(step_dir, step, "state", into)
+        ours.restore(step, target=into)
         timings[f"ours: {name}"] = time.perf_counter() - began
         dist.barrier()
         began = time.perf_counter()
@@ -126,8 +126,7 @@ def _one_repeat(
 
 
 def _bench(rank: int, settings: _Settings) -> None:
-    from alphatriangle.data.checkpoint._distributed import RankCheckpointer
-    from alphatriangle.data.checkpoint.staging import HostBuffer
+    from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
 
     torch.set_num_threads(1)
     world = settings.world
@@ -140,8 +139,8 @@ def _bench(rank: int, settings: _Settings) -> None:
         "resharded restore": _state(world, settings.mb, Shard(1), 0.0),
     }
     floor_buffers = [torch.empty_like(t.to_local()) for t in states["state"].values()]
-    buffers: dict[str, HostBuffer] = defaultdict(HostBuffer)  # reused by every save
-    ours = RankCheckpointer(timeout_s=600)
+    options = CheckpointManagerOptions(retention=KeepLatest(2))
+    ours = CheckpointManager(Path(settings.root) / "ours", options, process_group=dist.group.WORLD)
     dcp_group = dist.new_group(backend="gloo")
     results: dict[str, list[float]] = {}
     for repeat in range(settings.repeats + 1):
@@ -149,7 +148,6 @@ def _bench(rank: int, settings: _Settings) -> None:
             repeat + 1,
             states,
             floor_buffers=floor_buffers,
-            buffers=buffers,
             ours=ours,
             dcp_group=dcp_group,
             root=Path(settings.root),
@@ -161,6 +159,7 @@ def _bench(rank: int, settings: _Settings) -> None:
     for name in ("restore", "resharded restore"):
         for key, value in states[name].items():  # both restores were exact
             assert torch.equal(value.full_tensor(), states["state"][key].full_tensor()), name
+    ours.close()
     if rank == 0:
         Path(settings.out).write_text(json.dumps(results))
     dist.destroy_process_group()
@@ -174,7 +173,6 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-distributed-", dir=args.dir))
-    (root / "ours").mkdir()
     out = root / "results.json"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

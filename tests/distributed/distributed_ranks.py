@@ -10,8 +10,10 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -48,6 +50,10 @@ def _entry(
     )
     try:
         body(rank, world, *args)
+    except BaseException:
+        # Every rank's own traceback in the test's output (the spawner reports only one).
+        sys.stderr.write(f"rank {rank} failed:\n{traceback.format_exc()}")
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -256,8 +262,11 @@ def fail_on_one_rank(rank: int, world: int, directory: str, failing: int) -> Non
         assert manager.all_steps() == []
         assert not [p for p in root.iterdir() if p.name.startswith(".step_")]
         state["extra"].pop("lock", None)
-        path = manager.save(3, state).result()
-        assert manager.all_steps() == [3]
+        manager.save(3, state).result()
+        with torch.no_grad():
+            weights.to_local().mul_(10)
+        path = manager.save(4, state).result()
+        assert manager.all_steps() == [3, 4]
         # A corrupt shard: every rank's restore raises, naming the file and its writer.
         dist.barrier()
         shard = path / f"state.shards-{failing:05d}.data"
@@ -269,16 +278,26 @@ def fail_on_one_rank(rank: int, world: int, directory: str, failing: int) -> Non
         zeros = distribute_tensor(torch.zeros(8), mesh, [Shard(0)])
         target: dict[str, Any] = {"weights": zeros, "extra": {"n": 0}}
         try:
-            manager.restore(3, target=target)
+            manager.restore(4, target=target)
         except CheckpointCorruptError as exc:
             assert exc.path == str(shard) and f"written by rank {failing}" in str(exc), exc
         else:
             raise AssertionError("a corrupt shard was restored")
+        manager.restore(target=target, fallback=True)  # every rank falls back to step 3
+        assert torch.equal(target["weights"].full_tensor(), torch.arange(8.0))
+        assert target["extra"] == {"n": 1}
+        target["other"] = torch.zeros(2)  # a tensor the step lacks: named, on every rank
+        try:
+            manager.restore(3, target=target)
+        except CheckpointError as exc:
+            assert "other" in str(exc), exc
+        else:
+            raise AssertionError("a target with a tensor the step lacks was filled")
 
 
 def retention_and_preemption(rank: int, world: int, directory: str) -> None:
     """Retention runs on rank 0 and every rank lists the same steps; a SIGTERM on one rank
-    makes every rank save the same final step."""
+    makes every rank save the same final step; a deletion reaches every rank's listing."""
     from alphatriangle.data import KeepLatest
 
     mesh = init_device_mesh("cpu", (world,))
@@ -301,8 +320,41 @@ def retention_and_preemption(rank: int, world: int, directory: str) -> None:
         everyone = [None] * world
         dist.all_gather_object(everyone, manager.all_steps())
         assert everyone == [[8, 9]] * world, everyone
+        manager.delete(8)  # every rank calls it: rank 0 deletes, every rank forgets
+        dist.all_gather_object(everyone, manager.all_steps())
+        assert everyone == [[9]] * world, everyone
     names = sorted(p.name for p in Path(directory).iterdir() if p.name.startswith("step_"))
-    assert names == ["step_000000008", "step_000000009"], names
+    assert names == ["step_000000009"], names
+
+
+def signed_steps(rank: int, world: int, directory: str) -> None:
+    """A signing key: every rank's files carry their SHA-256, the manifest its signature; a
+    changed byte in one rank's shard is refused on every rank."""
+    from alphatriangle.data.checkpoint.errors import CheckpointCorruptError
+
+    mesh = init_device_mesh("cpu", (world,))
+    state = {"weights": distribute_tensor(torch.arange(6.0), mesh, [Shard(0)]), "n": 3}
+    with _manager(directory, signing_key=b"k" * 32) as manager:
+        path = manager.save(1, state).result()
+        target = {"weights": distribute_tensor(torch.zeros(6), mesh, [Shard(0)]), "n": 0}
+        manager.restore(1, target=target)
+        assert torch.equal(target["weights"].full_tensor(), torch.arange(6.0)) and target["n"] == 3
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert "signature" in manifest
+        assert all("sha256_chunked" in entry for entry in manifest["files"].values())
+        dist.barrier()
+        if rank == 0:
+            shard = path / f"state.shards-{world - 1:05d}.data"
+            data = bytearray(shard.read_bytes())
+            data[-1] ^= 0x01
+            shard.write_bytes(bytes(data))
+        dist.barrier()
+        try:
+            manager.restore(1, target=target)
+        except CheckpointCorruptError:
+            pass
+        else:
+            raise AssertionError("a changed shard of a signed step was restored")
 
 
 def killed_mid_save(rank: int, world: int, directory: str, victim: int, outcome: str) -> None:
@@ -331,3 +383,24 @@ def killed_mid_save(rank: int, world: int, directory: str, victim: int, outcome:
     else:
         Path(outcome).write_text(json.dumps({"error": None}))
     os._exit(0)  # the default group lost a rank: no clean teardown
+
+
+def killed_before_commit(rank: int, world: int, directory: str) -> None:
+    """Step 1 commits; during step 2 every rank is SIGKILLed once rank 0 has written the
+    shards index, between the ranks' data writes and the commit."""
+    root = Path(directory)
+    mesh = init_device_mesh("cpu", (world,))
+    weights = distribute_tensor(torch.arange(world * 1024.0), mesh, [Shard(0)])
+    manager = _manager(directory)
+    manager.save(1, {"weights": weights}).result()
+
+    def kill_at_commit() -> None:
+        while not any(root.glob(".step_000000002.*/state.shards.json")):
+            time.sleep(0.0005)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=kill_at_commit, daemon=True).start()
+    with torch.no_grad():
+        weights.to_local().add_(1)
+    manager.save(2, {"weights": weights}).result()
+    time.sleep(GROUP_TIMEOUT_S)  # the kill comes first

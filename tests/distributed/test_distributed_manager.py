@@ -11,18 +11,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from distributed_ranks import (
     GROUP_TIMEOUT_S,
     fail_on_one_rank,
+    killed_before_commit,
     killed_mid_save,
     restore_training,
     retention_and_preemption,
     run_ranks,
     save_training,
+    signed_steps,
     start_ranks,
 )
 
-from alphatriangle.data import CheckpointManager
+from alphatriangle.data import CheckpointError, CheckpointManager, CheckpointManagerOptions
 from alphatriangle.data.checkpoint.layout import scan_leftovers
 
 pytestmark = pytest.mark.slow
@@ -37,6 +40,26 @@ def test_resharded_restore_is_exact(tmp_path: Path, saved: int, restored: int) -
     shards = {name for name in manifest["files"] if ".shards-" in name}
     assert shards == {f"state.shards-{rank:05d}.data" for rank in range(saved)}
     run_ranks(restore_training, restored, str(tmp_path), 7)
+    _read_alone(tmp_path)
+
+
+def _read_alone(tmp_path: Path) -> None:
+    """This process alone, without torch.distributed, fills full-size plain tensors from the
+    step the ranks saved: the engine's own consolidation."""
+    expected = torch.load(tmp_path / "expected_7.pt", weights_only=False)
+    target = {
+        "table": torch.zeros(7, 4),
+        "replicated": torch.zeros(3, 3),
+        "plain": torch.zeros(3, 4, dtype=torch.float64),
+        "counters": {"step": 0, "seen_by": -1, "note": ""},
+    }
+    with CheckpointManager(tmp_path, CheckpointManagerOptions(read_only=True)) as manager:
+        manager.restore(7, target=target)
+        with pytest.raises(CheckpointError, match="target="):
+            manager.restore(7)
+    for key in ("table", "replicated", "plain"):
+        assert torch.equal(target[key], expected[key]), key
+    assert target["counters"] == expected["counters"]
 
 
 def test_a_failure_on_one_rank_reaches_every_rank(tmp_path: Path) -> None:
@@ -45,6 +68,10 @@ def test_a_failure_on_one_rank_reaches_every_rank(tmp_path: Path) -> None:
 
 def test_retention_and_preemption_agree_on_every_rank(tmp_path: Path) -> None:
     run_ranks(retention_and_preemption, 2, str(tmp_path))
+
+
+def test_signed_steps_of_several_ranks(tmp_path: Path) -> None:
+    run_ranks(signed_steps, 2, str(tmp_path))
 
 
 def test_a_rank_killed_mid_save(tmp_path: Path) -> None:
@@ -83,3 +110,19 @@ def test_a_ddp_loop_under_torchrun_saves_and_resumes(tmp_path: Path) -> None:
             check=False,
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+
+def test_every_rank_killed_between_the_writes_and_the_commit(tmp_path: Path) -> None:
+    context = start_ranks(killed_before_commit, 2, str(tmp_path))
+    for process in context.processes:
+        process.join(GROUP_TIMEOUT_S + 30)
+    assert [process.exitcode for process in context.processes] == [-9, -9]
+    with CheckpointManager(tmp_path) as manager:  # sweeps what the killed save left
+        steps = manager.all_steps()
+        assert steps in ([1], [1, 2]), steps  # step 2: committed whole, or not at all
+        for step in steps:
+            manager.verify(step)
+        target = {"weights": torch.zeros(2048)}
+        manager.restore(1, target=target)
+        assert torch.equal(target["weights"], torch.arange(2048.0))
+    assert scan_leftovers(tmp_path) == []

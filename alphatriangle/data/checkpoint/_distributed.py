@@ -34,12 +34,14 @@ leaves; the rest is a few small gathers of plans and results per item.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -52,7 +54,7 @@ from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.storage import WriteResult
@@ -176,6 +178,21 @@ class RankCheckpointer:
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
+
+    def on_rank0(self, action: Callable[[], None], what: str) -> None:
+        """Run ``action`` on rank 0 alone (every rank calls this): rank 0 raises its error,
+        the other ranks a :class:`CheckpointError` saying rank 0 could not ``what``."""
+        failure: BaseException | None = None
+        if self.rank == 0:
+            try:
+                action()
+            except BaseException as exc:
+                failure = exc
+        said = self.from_rank0(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        if said is not None:
+            raise CheckpointError(f"rank 0 could not {what}: {said}")
 
     def from_rank0(self, value: Any, *, background: bool = False) -> Any:
         """Rank 0's ``value`` on every rank (pickled; small values only)."""
@@ -315,7 +332,7 @@ class RankCheckpointer:
             manifest,
             item,
             target,
-            group=self.group,
+            group=self.foreground,  # the caller's thread: never the writer's group
             rank=self.rank,
             verify=verify,
             weights_only=weights_only,
@@ -364,8 +381,9 @@ def _reraise(exc: BaseException, rank: int, what: str) -> NoReturn:
 
 
 class _TensorLoadPlanner(DefaultLoadPlanner):
-    """DCP's planner over the target's tensors only (other leaves are set apart); a dtype
-    that differs from the stored one is refused, naming the key, before anything is read."""
+    """DCP's planner over the target's tensors only (other leaves are set apart); a tensor
+    the step lacks, or whose shape or dtype differs, is refused naming the key, before
+    anything is read."""
 
     def set_up_planner(
         self, state_dict: Any, metadata: Metadata | None = None, is_coordinator: bool = False
@@ -375,9 +393,21 @@ class _TensorLoadPlanner(DefaultLoadPlanner):
         assert metadata is not None
         for key, value in self.state_dict.items():
             stored = metadata.state_dict_metadata.get(key)
-            dtype = getattr(getattr(stored, "properties", None), "dtype", None)
-            if dtype is not None and dtype != value.dtype:
-                raise CheckpointError(f"{key}: the target is {value.dtype}, the step holds {dtype}")
+            if not isinstance(stored, TensorStorageMetadata):
+                raise CheckpointError(f"{key}: the target has a tensor the step does not hold")
+            if stored.size != value.shape or stored.properties.dtype != value.dtype:
+                raise CheckpointError(
+                    f"{key}: the target is {value.dtype} {list(value.shape)}, the step holds "
+                    f"{stored.properties.dtype} {list(stored.size)}"
+                )
+
+
+@contextlib.contextmanager
+def _alone() -> Iterator[None]:
+    """DCP warns that it assumes one process when it has no group: here that is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
 
 
 def restore_into(
@@ -410,13 +440,16 @@ def restore_into(
     except (ValueError, KeyError, TypeError) as exc:
         raise corrupt_file(step_dir / name, step, str(exc)) from None
     try:
-        dcp_load(
-            target,
-            storage_reader=RankReader(step_dir, manifest, metadata, verify=verify, signed=signed),
-            planner=_TensorLoadPlanner(),
-            process_group=group,
-            no_dist=group is None,
-        )
+        with _alone() if group is None else contextlib.nullcontext():
+            dcp_load(
+                target,
+                storage_reader=RankReader(
+                    step_dir, manifest, metadata, verify=verify, signed=signed
+                ),
+                planner=_TensorLoadPlanner(),
+                process_group=group,
+                no_dist=group is None,
+            )
     except BaseException as exc:
         _reraise(exc, rank, f"restore of step {step}")
     others = read_item(

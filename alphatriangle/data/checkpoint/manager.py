@@ -22,13 +22,13 @@ from alphatriangle.data.checkpoint._fallback import newest_intact
 from alphatriangle.data.checkpoint._interrupts import holding, interrupts_deferred
 from alphatriangle.data.checkpoint._lifecycle import on_drop, weakly
 from alphatriangle.data.checkpoint._query_methods import QueryMethods
+from alphatriangle.data.checkpoint._rank_methods import RankMethods
 from alphatriangle.data.checkpoint._remote_methods import RemoteStorageMethods
 from alphatriangle.data.checkpoint.catalog import StepCatalog
 from alphatriangle.data.checkpoint.commit import (
     create_directory_durably,
     create_temporary_step_dir,
     remove_tree,
-    sweep_leftovers,
 )
 from alphatriangle.data.checkpoint.deleter import StepDeleter
 from alphatriangle.data.checkpoint.errors import CheckpointError, CheckpointNotFoundError
@@ -47,14 +47,14 @@ from alphatriangle.data.checkpoint.sync import MlflowSync
 from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
 
 if TYPE_CHECKING:
-    from alphatriangle.data.checkpoint._distributed import RankCheckpointer, StagedRank
+    from alphatriangle.data.checkpoint._distributed import RankCheckpointer
 
 __all__ = ["CheckpointManager"]
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointManager(QueryMethods, RemoteStorageMethods):
+class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
     """Saves state trees as numbered steps in one directory, and restores them.
 
     A save runs 1) stage, on the caller's thread: tensors and arrays copied into a reusable
@@ -78,6 +78,11 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
     concurrently with them. The remote-storage methods (``fetch``, ``wait_for_uploads``, ...)
     are in ``_remote_methods.py``, the read-only queries (``verify``, ``metadata``,
     ``plan_retention``, ...) in ``_query_methods.py``.
+
+    With ``process_group``, every rank of the group runs its own manager and calls it
+    collectively: 2) and 3) run together (``_distributed.py``: DCP's planners, each rank's
+    share in its own files, one commit by rank 0), rank 0 alone takes the lock, sweeps,
+    retains, syncs and deletes, and the other ranks learn its outcome (``_rank_methods.py``).
     """
 
     def __init__(
@@ -94,6 +99,8 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         # _distributed.py): rank 0 leads (lock, sweep, manifest, commit, retention, sync).
         self._ranks: RankCheckpointer | None = None
         if process_group is not None:
+            if self.options.on_full == "skip":  # a slot free on one rank, not on another
+                raise ValueError("with a process_group, on_full must be 'wait': every rank saves")
             from alphatriangle.data.checkpoint._distributed import RankCheckpointer
 
             self._ranks = RankCheckpointer(
@@ -138,30 +145,6 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
             # A manager dropped without close() (a notebook cell run again) frees its lock.
             self._forget_drop = on_drop(self, self.directory, self._writer, self._sync, self._lock)
 
-    def _open_together(self, lock: WriterLock | None) -> None:
-        """Take the writer lock and sweep leftovers (rank 0 of a group only); every rank of a
-        group learns whether rank 0 could, before any of them goes on."""
-        failure: BaseException | None = None
-        if lock is not None:
-            try:
-                lock.acquire()
-                try:
-                    sweep_leftovers(self.directory)
-                except BaseException:
-                    lock.release()
-                    raise
-            except BaseException as exc:
-                failure = exc
-        if self._ranks is not None:
-            said = self._ranks.from_rank0(None if failure is None else f"{failure}")
-            if said is not None and failure is None:
-                raise CheckpointError(
-                    f"rank 0 could not open {self.directory} for writing: {said}",
-                    path=self.directory,
-                )
-        if failure is not None:
-            raise failure
-
     # -- context manager ------------------------------------------------------------------
 
     def __enter__(self) -> CheckpointManager:
@@ -199,13 +182,6 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         if self._ranks is None:
             return self._due_here(step)
         return self._ranks.agree_due(self._due_here(step))
-
-    @property
-    def preemption_requested(self) -> bool:
-        """With a process group: a rank received SIGTERM and every rank has agreed on it
-        (at a ``should_save`` or ``save``, which then returned True / saved on every rank):
-        stop after this save. Always False without a process group."""
-        return self._ranks is not None and self._ranks.preempted
 
     def _due_here(self, step: int) -> bool:
         with self._catalog.lock:
@@ -322,38 +298,17 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         self._catalog.add_committed(info.step, info)  # the job's cleanup ends its flight
         return final
 
-    def _write_ranks(self, info: StepInfo, staged: StagedRank, replace: bool) -> Path:
-        """With a process group, on every rank's writer thread: 2) write 3) commit, together
-        (``_distributed.py``); rank 0 commits through the deleter, as ``_write_step``."""
-        assert self._ranks is not None
-        final = self._ranks.write(
-            staged,
-            self.directory,
-            metrics=info.metrics,
-            wall_time=info.wall_time,
-            signing_key=self.options.signing_key,
-            commit=functools.partial(self._deleter.commit, replace=replace),
-        )
-        self._catalog.add_committed(info.step, info)
-        return final
-
     def _after_commit(self, step: int) -> None:
         """On the writer thread, after ``step`` committed: 4) retain 5) sync (the upload
-        itself runs on the uploader's thread). With a process group, rank 0 does both and
-        tells the other ranks which steps it deleted (a collective of the writer threads)."""
-        if self._ranks is not None and self._ranks.rank != 0:
-            for deleted in self._ranks.from_rank0(None, background=True):
-                self._catalog.forget(deleted)
-            return
-        before = set(self.all_steps())
-        try:
+        itself runs on the uploader's thread). With a process group, on rank 0, the other
+        ranks told what it deleted."""
+
+        def retain_and_sync() -> None:
             if self._sync is not None:
                 self._sync.enqueue(step)  # before retention: a pending upload is protected
             self._deleter.apply_retention(self.options.retention)
-        finally:
-            if self._ranks is not None:
-                deleted = sorted(before - set(self.all_steps()))
-                self._ranks.from_rank0(deleted, background=True)
+
+        self._after_commit_together(retain_and_sync)
 
     # -- deleting -----------------------------------------------------------
 
@@ -363,9 +318,10 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods):
         out of sight, then removed), never under a reader: waits up to ``lock_timeout_s``
         for readers to let go. Raises :class:`CheckpointNotFoundError` for a step that is
         not committed, :class:`StepExistsError` for a step in flight, and
-        :class:`CheckpointError` when readers held it throughout."""
+        :class:`CheckpointError` when readers held it throughout. With a process group,
+        every rank calls it: rank 0 deletes, every rank forgets the step or raises."""
         self._writable()
-        self._deleter.delete(step)
+        self._delete_together(step)
 
     # -- restoring ------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@
 4) map and verify (``_verified_files``): the data file mapped (or read), its digest computed
    on the side thread meanwhile; per array for partial and in-place restores
 5) build arrays (``_array_building``): views of the verified bytes, CUDA streamed
-6) unpickle (``full_restore.unpickle_item_objects``): restricted to the allow-list unless
+6) unpickle (``full_restore.item_objects``): restricted to the allow-list unless
    trusted
 7) decode (``tree.decode_tree``): the state tree
 
@@ -141,7 +141,7 @@ def _restore_shards(
         manifest,
         request.item,
         request.target,
-        group=None if ranks is None else ranks.group,
+        group=None if ranks is None else ranks.foreground,  # the caller's thread
         rank=0 if ranks is None else ranks.rank,
         verify=verify,
         weights_only=request.weights_only,

@@ -1,0 +1,107 @@
+"""The manager's parts for a process group: what rank 0 does alone and how the other ranks
+learn of it, and the collective write. The ranks' machinery itself is ``_distributed.py``;
+these methods are those of :class:`~alphatriangle.data.checkpoint.manager.CheckpointManager`,
+kept apart so that ``manager.py`` reads as the orchestration of one process.
+
+Rank 0 leads: the writer lock and the sweep at open, the commit, retention and sync after
+it, ``delete``. Every other rank waits for rank 0's outcome (its failure is raised on every
+rank) and keeps its list of committed steps equal to rank 0's. Without a process group each
+method does the single-process thing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alphatriangle.data.checkpoint.commit import sweep_leftovers
+
+if TYPE_CHECKING:
+    from alphatriangle.data.checkpoint._distributed import RankCheckpointer, StagedRank
+    from alphatriangle.data.checkpoint.catalog import StepCatalog
+    from alphatriangle.data.checkpoint.deleter import StepDeleter
+    from alphatriangle.data.checkpoint.locking import WriterLock
+    from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
+    from alphatriangle.data.checkpoint.retention import StepInfo
+
+__all__ = ["RankMethods"]
+
+
+class RankMethods:
+    """Mixed into the manager, which provides the attributes declared here."""
+
+    directory: Path
+    options: CheckpointManagerOptions
+    _ranks: RankCheckpointer | None
+    _catalog: StepCatalog
+    _deleter: StepDeleter
+
+    @property
+    def preemption_requested(self) -> bool:
+        """With a process group: a rank received SIGTERM and every rank has agreed on it
+        (at a ``should_save`` or ``save``, which then returned True / saved on every rank):
+        stop after this save. Always False without a process group."""
+        return self._ranks is not None and self._ranks.preempted
+
+    def _open_together(self, lock: WriterLock | None) -> None:
+        """Take the writer lock and sweep leftovers (``lock`` is None on the other ranks of
+        a group); every rank of a group learns whether rank 0 could, before any goes on."""
+
+        def take_and_sweep() -> None:
+            if lock is None:
+                return
+            lock.acquire()
+            try:
+                sweep_leftovers(self.directory)
+            except BaseException:
+                lock.release()
+                raise
+
+        if self._ranks is None:
+            take_and_sweep()
+        else:
+            self._ranks.on_rank0(take_and_sweep, f"open {self.directory} for writing")
+
+    def _write_ranks(self, info: StepInfo, staged: StagedRank, replace: bool) -> Path:
+        """On every rank's writer thread: 2) write 3) commit, together (``_distributed.py``);
+        rank 0 commits through the deleter, as the single-process ``_write_step`` does."""
+        assert self._ranks is not None
+        final = self._ranks.write(
+            staged,
+            self.directory,
+            metrics=info.metrics,
+            wall_time=info.wall_time,
+            signing_key=self.options.signing_key,
+            commit=functools.partial(self._deleter.commit, replace=replace),
+        )
+        self._catalog.add_committed(info.step, info)
+        return final
+
+    def _after_commit_together(self, retain_and_sync: Callable[[], None]) -> None:
+        """Rank 0 runs ``retain_and_sync`` and sends the steps it deleted to the other
+        ranks, which forget them (a collective of the writer threads, which commit the same
+        steps in the same order)."""
+        ranks = self._ranks
+        if ranks is None:
+            retain_and_sync()
+            return
+        if ranks.rank != 0:
+            for deleted in ranks.from_rank0(None, background=True):
+                self._catalog.forget(deleted)
+            return
+        before = set(self._catalog.all_steps())
+        try:
+            retain_and_sync()
+        finally:
+            deleted = sorted(before - set(self._catalog.all_steps()))
+            ranks.from_rank0(deleted, background=True)
+
+    def _delete_together(self, step: int) -> None:
+        """Rank 0 deletes ``step``; every rank forgets it, or raises rank 0's failure."""
+        if self._ranks is None:
+            self._deleter.delete(step)
+            return
+        self._ranks.on_rank0(functools.partial(self._deleter.delete, step), f"delete step {step}")
+        self._catalog.forget(step, recount=True)
