@@ -37,9 +37,9 @@ from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, TORCH_DTYPES, Arra
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.full_restore import (
     decode_item,
+    item_objects,
     read_item,
     refuse_objects,
-    unpickle_item_objects,
 )
 from alphatriangle.data.checkpoint.index import Index, read_index
 from alphatriangle.data.checkpoint.layout import data_file, objects_file
@@ -185,17 +185,9 @@ def restore_into(
             fd, data_path, index, manifest.step, finish=lambda t, _: t, verify=verify
         )
         _fill(plan, index, arrays, verify=verify)
-        objects = None
-        if has_objects:
-            objects = unpickle_item_objects(
-                step_dir,
-                manifest,
-                item,
-                arrays,
-                verify=verify,
-                signed=False,
-                restricted=weights_only is None,
-            )
+        objects = item_objects(
+            step_dir, manifest, item, arrays, verify=verify, weights_only=weights_only
+        )
     finally:
         close_data(fd)
     values = decode_item(step_dir, manifest, item, index.tree, arrays=slots, objects=objects)

@@ -50,7 +50,7 @@ from alphatriangle.data.checkpoint.tree import (
     unpickle_objects,
 )
 
-__all__ = ["check_item", "decode_item", "read_item", "refuse_objects", "unpickle_item_objects"]
+__all__ = ["check_item", "decode_item", "item_objects", "read_item", "refuse_objects"]
 
 
 def check_item(manifest: Manifest, item: str) -> None:
@@ -85,20 +85,25 @@ def refuse_objects(step_dir: Path, manifest: Manifest, item: str, tree: JsonTree
         )
 
 
-def unpickle_item_objects(
+def item_objects(
     step_dir: Path,
     manifest: Manifest,
     item: str,
     arrays: list[Any],
     *,
     verify: bool,
-    signed: bool,
-    restricted: bool,
-) -> list[Any]:
-    """Read and unpickle an item's objects (``restricted``: through the allow-list); an
-    object that does not unpickle is reported as a corrupt step naming the file (its cause
-    chained), a refused global as :class:`UnsafeObjectError`."""
+    weights_only: bool | None,
+    signed: bool = False,
+) -> list[Any] | None:
+    """Read and unpickle an item's objects; None when it has none. Through the allow-list
+    unless ``weights_only`` is False or the step's signature verified (``signed``): a
+    verified signature is trusted. An object that does not unpickle is reported as a corrupt
+    step naming the file (its cause chained), a refused global as
+    :class:`UnsafeObjectError`."""
     name = objects_file(item)
+    if name not in manifest.files:
+        return None
+    restricted = weights_only is None and not signed
     data = read_listed(step_dir, manifest, name, verify=verify, signed=signed)
     try:
         return unpickle_objects(data, arrays, restricted=restricted)
@@ -156,15 +161,7 @@ def read_item(
     for position, spec in enumerate(specs):
         if spec.view_of is not None:  # storages first: views are made of them
             arrays[position] = make_view(arrays[spec.view_of], spec)
-    objects = None
-    if objects_file(item) in manifest.files:
-        objects = unpickle_item_objects(
-            step_dir,
-            manifest,
-            item,
-            arrays,
-            verify=verify,
-            signed=signed,
-            restricted=weights_only is None and not signed,  # a verified signature: trusted
-        )
+    objects = item_objects(
+        step_dir, manifest, item, arrays, verify=verify, signed=signed, weights_only=weights_only
+    )
     return decode_item(step_dir, manifest, item, index.tree, arrays=arrays, objects=objects)

@@ -28,8 +28,8 @@ from alphatriangle.data.checkpoint.errors import WeightsOnlyError
 from alphatriangle.data.checkpoint.full_restore import (
     check_item,
     decode_item,
+    item_objects,
     read_item,
-    unpickle_item_objects,
 )
 from alphatriangle.data.checkpoint.index import read_index
 from alphatriangle.data.checkpoint.layout import data_file, objects_file
@@ -107,14 +107,8 @@ def read_selected(
         arrays.prefetch(needed)
         objects = None
         if holds_objects:
-            objects = unpickle_item_objects(
-                step_dir,
-                manifest,
-                item,
-                arrays,
-                verify=verify,
-                signed=False,
-                restricted=weights_only is None,
+            objects = item_objects(
+                step_dir, manifest, item, arrays, verify=verify, weights_only=weights_only
             )
         values = [
             decode_item(step_dir, manifest, item, node, arrays=arrays, objects=objects)
