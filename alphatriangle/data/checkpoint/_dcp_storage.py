@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from torch.distributed.checkpoint.planner import (
     LoadItemType,
     LoadPlan,
     LoadPlanner,
+    ReadItem,
     SavePlan,
     SavePlanner,
     WriteItemType,
@@ -383,26 +385,24 @@ class RankReader(StorageReader):
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
         return plans
 
-    def _region(self, region: Region) -> torch.Tensor:
-        """The stored chunk, read and checked against its xxh3 before it is used."""
+    def _region(
+        self, region: Region, fds: dict[str, int], into: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The stored chunk, read (into ``into``'s memory when given: a contiguous CPU tensor
+        of its dtype and size) and checked against its xxh3 before it is used."""
         path = self.step_dir / region.file
-        if self.signed and region.file not in self._checked:
-            check_file(path, self.manifest.files[region.file], self.step, signed=True)
-            self._checked.add(region.file)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            data = torch.empty(region.nbytes, dtype=torch.uint8)
-            view = data.numpy().data
-            done = 0
-            while done < region.nbytes:
-                got = os.preadv(fd, [view[done:]], region.offset + done)
-                if got == 0:
-                    raise corrupt_file(
-                        path, self.step, f"truncated (written by rank {region.rank})"
-                    )
-                done += got
-        finally:
-            os.close(fd)
+        if region.file not in fds:
+            if self.signed:
+                check_file(path, self.manifest.files[region.file], self.step, signed=True)
+            fds[region.file] = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        data = torch.empty(region.nbytes, dtype=torch.uint8) if into is None else into
+        view = data.reshape(-1).view(torch.uint8).numpy().data
+        done = 0
+        while done < region.nbytes:
+            got = os.preadv(fds[region.file], [view[done:]], region.offset + done)
+            if got == 0:
+                raise corrupt_file(path, self.step, f"truncated (written by rank {region.rank})")
+            done += got
         if self.verify and xxhash.xxh3_64_hexdigest(view) != region.xxh3:
             raise corrupt_file(
                 path,
@@ -413,20 +413,36 @@ class RankReader(StorageReader):
         return data.view(TORCH_DTYPES[region.dtype]).reshape(region.sizes)
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        """Each region once, in file order: straight into the target when one read takes
+        the whole of it into contiguous CPU memory (the layout saved is the layout now),
+        else into a buffer kept until its last read."""
         storage: dict[MetadataIndex, Region] = self.metadata.storage_data
+        items = sorted(plan.items, key=lambda i: _place(storage[i.storage_index]))
+        uses = Counter(storage[i.storage_index] for i in items)
         read: dict[Region, torch.Tensor] = {}
-        for read_item in sorted(plan.items, key=lambda i: _place(storage[i.storage_index])):
-            if read_item.type == LoadItemType.BYTE_IO:
-                raise CheckpointError(f"{read_item.storage_index.fqn}: not stored as shards")
-            region = storage[read_item.storage_index]
-            if region not in read:
-                read[region] = self._region(region)
-            source = narrow_tensor_by_index(
-                read[region], read_item.storage_offsets, read_item.lengths
-            )
-            target = planner.resolve_tensor(read_item).detach()
-            target.copy_(source)
-            planner.commit_tensor(read_item, target)
+        fds: dict[str, int] = {}
+        try:
+            for read_item in items:
+                if read_item.type == LoadItemType.BYTE_IO:
+                    raise CheckpointError(f"{read_item.storage_index.fqn}: not stored as shards")
+                region = storage[read_item.storage_index]
+                target = planner.resolve_tensor(read_item).detach()
+                if uses[region] == 1 and _whole(read_item, region, target):
+                    self._region(region, fds, target)
+                else:
+                    if region not in read:
+                        read[region] = self._region(region, fds, None)
+                    source = narrow_tensor_by_index(
+                        read[region], read_item.storage_offsets, read_item.lengths
+                    )
+                    target.copy_(source)
+                    uses[region] -= 1
+                    if not uses[region]:
+                        del read[region]  # its last read: the memory goes back
+                planner.commit_tensor(read_item, target)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         future: Future[None] = Future()
         future.set_result(None)
         return future
@@ -438,6 +454,19 @@ class RankReader(StorageReader):
 
 def _place(region: Region) -> tuple[str, int]:
     return (region.file, region.offset)
+
+
+def _whole(read_item: ReadItem, region: Region, target: torch.Tensor) -> bool:
+    """Whether ``read_item`` takes the whole region into ``target``, contiguous CPU memory
+    of the region's dtype and shape (it can then be read in place)."""
+    return (
+        not any(read_item.storage_offsets)
+        and tuple(read_item.lengths) == region.sizes
+        and tuple(target.shape) == region.sizes
+        and target.device.type == "cpu"
+        and target.is_contiguous()
+        and _DTYPE_NAMES.get(target.dtype) == region.dtype
+    )
 
 
 def regions_by_file(results: Sequence[Sequence[WriteResult]]) -> dict[str, Region]:
