@@ -42,6 +42,10 @@ class UploadStatus:
     def __bool__(self) -> bool:
         return bool(self.pending or self.files)
 
+    def one_line(self) -> str:
+        """:meth:`__str__` on one line, for a log."""
+        return str(self).replace("\n  ", "; ").replace("\n", "; ")
+
     def __str__(self) -> str:
         if not self:
             return "every upload completed"

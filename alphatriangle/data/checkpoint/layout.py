@@ -31,6 +31,7 @@ __all__ = [
     "FILE_NAME",
     "ITEM_NAME",
     "MANIFEST_NAME",
+    "REMOTE_PARTS_DIR",
     "Leftover",
     "StepScan",
     "check_item_name",
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
+REMOTE_PARTS_DIR = "parts"  # in remote storage: parts of data files, each under its digest
 STEP_WIDTH = 9
 
 DEFAULT_ITEM = "state"  # the item of save(step, state)

@@ -1,28 +1,28 @@
 """Upload after commit: every committed step reaches an MLflow tracking server, in the
 background, verified on the way back; no failure of the remote store stops training.
 
-1) resolve the run (the configured run id, else the active run, else a new run in the
-named experiment), once, in the background 2) for each step in the ledger of pending
-uploads, oldest first: upload the files the server does not have yet, ``manifest.json``
-last 3) drop the step from the ledger. A step without its manifest on the server is
-incomplete and never chosen by :meth:`MlflowSync.remote_steps`.
+1) resolve the run (the configured run id, else the active run, else a new run in the named
+experiment), once, in the background 2) for each step in the ledger of pending uploads, oldest
+first: upload the files the server does not have yet, ``manifest.json`` last 3) drop the step
+from the ledger. A step without its manifest on the server is incomplete and never chosen by
+:meth:`MlflowSync.remote_steps`.
 
-The ledger (``.uploads.json`` in the checkpoint directory) is written atomically (temporary
-file, fsync, rename, fsync of the directory): a process that dies, SIGKILL included, leaves
-it whole, and the next process that opens the directory with sync finishes what it lists,
-re-sending only what the server lacks. Transient failures (judged by type and code in
-``_remote_errors``: connection errors, timeouts, throttling, 5xx, for the tracking server,
-S3, GCS and Azure alike) are retried with exponential backoff and jitter, by default without
-end: an outage of hours only delays uploads. A permanent one (authentication, no such
-bucket) leaves the step in the ledger with its reason, to be tried again by the next process;
-it reaches the caller's ``save`` only with ``raise_on_permanent_failure``. Each cause is
-logged once (an outage when it starts and when it ends), not once per file or retry.
+The ledger (``.uploads.json`` in the checkpoint directory) is written atomically: a process
+that dies, SIGKILL included, leaves it whole, and the next process that opens the directory
+with sync finishes what it lists, re-sending only what the server lacks. Transient failures
+(judged by type and code in ``_remote_errors``: connection errors, timeouts, throttling,
+5xx, for the tracking server, S3, GCS and Azure alike) are retried with exponential backoff
+and jitter, by default without end: an outage of hours only delays uploads. A permanent one
+(authentication, no such bucket) leaves the step in the ledger with its reason, to be tried
+again by the next process; it reaches the caller's ``save`` only with
+``raise_on_permanent_failure``. Each cause is logged once (an outage when it starts and when
+it ends), not once per file or retry.
 
 Deadlines: every request is one attempt with ``request_timeout_s`` (``_remote_store``);
 ``close`` waits at most ``close_timeout_s`` and then leaves a request still running to its
-daemon thread, which no longer touches the ledger. Nothing here runs on the caller's thread
-of ``save`` or on the writer thread's commit path; ``mlflow`` is imported only here, and
-only when sync is used.
+daemon thread, which no longer touches the ledger. Nothing here runs on the caller's thread of
+``save`` or on the writer thread's commit path; ``mlflow`` is imported only here, and only when
+sync is used.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from alphatriangle.data.checkpoint._upload_ledger import LEDGER_NAME, UploadLedg
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.layout import (
     MANIFEST_NAME,
+    REMOTE_PARTS_DIR,
     step_dir_name,
     step_from_dir_name,
     temporary_dir_name,
@@ -66,8 +67,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PARTS_DIR = "parts"  # parts of data files (``_chunks.py``), each under its digest
 
 
 class MlflowSync:
@@ -352,7 +351,7 @@ class MlflowSync:
         if not parts:
             return parts
         store = self.artifacts()
-        remote = f"{self.options.artifact_path}/{PARTS_DIR}"
+        remote = f"{self.options.artifact_path}/{REMOTE_PARTS_DIR}"
         uploaded = {Path(f.path).name for f in store.list(remote)}
         landing = self.directory / temporary_dir_name(step)  # swept at open if left
         landing.mkdir()
@@ -388,7 +387,7 @@ class MlflowSync:
         """:meth:`wait`, then say what is left and why (a warning) when not everything went."""
         done = self.wait(timeout)
         if not done:
-            logger.warning("MLflow sync: %s", _one_line(self.status()))
+            logger.warning("MLflow sync: %s", self.status().one_line())
         return done
 
     def close(self, timeout: float) -> UploadStatus:
@@ -416,7 +415,7 @@ class MlflowSync:
             logger.warning(
                 "MLflow sync: %s. The steps stay in %s and upload when the directory is next "
                 "opened with sync (`alphatriangle ckpt list` shows them)",
-                _one_line(status),
+                status.one_line(),
                 self.ledger.path,
             )
         return status
@@ -496,10 +495,6 @@ class MlflowSync:
                     path.replace(into / path.name)
                 for name, digest in listed_parts(into / MANIFEST_NAME).items():
                     if not (into / name).exists():  # parts live under their digest
-                        remote = f"{self.options.artifact_path}/{PARTS_DIR}/{digest}"
+                        remote = f"{self.options.artifact_path}/{REMOTE_PARTS_DIR}/{digest}"
                         Path(store.download(remote, str(landing))).replace(into / name)
                 shutil.rmtree(landing, ignore_errors=True)
-
-
-def _one_line(status: UploadStatus) -> str:
-    return str(status).replace("\n  ", "; ").replace("\n", "; ")
