@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -60,6 +61,12 @@ def _read_alone(tmp_path: Path) -> None:
     for key in ("table", "replicated", "plain"):
         assert torch.equal(target[key], expected[key]), key
     assert target["counters"] == expected["counters"]
+
+
+@pytest.mark.parametrize("option", [{"on_full": "skip"}, {"incremental": True}])
+def test_options_a_group_cannot_honour_are_refused(tmp_path: Path, option: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="process_group"):
+        CheckpointManager(tmp_path, CheckpointManagerOptions(**option), process_group=object())
 
 
 def test_a_failure_on_one_rank_reaches_every_rank(tmp_path: Path) -> None:

@@ -101,6 +101,8 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
         if process_group is not None:
             if self.options.on_full == "skip":  # a slot free on one rank, not on another
                 raise ValueError("with a process_group, on_full must be 'wait': every rank saves")
+            if self.options.incremental:  # each rank writes its share whole
+                raise ValueError("incremental saves are for one process: not with a process_group")
             from alphatriangle.data.checkpoint._distributed import RankCheckpointer
 
             self._ranks = RankCheckpointer(
