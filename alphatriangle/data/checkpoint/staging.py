@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import mmap
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphatriangle.data.checkpoint._copying import LARGE_COPY, copy_leaves
 from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
 from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, ArraySpec, is_array_leaf
 from alphatriangle.data.checkpoint.tree import JsonTree, TreeEncoder
@@ -51,19 +49,6 @@ _BLOCKED_WARNING_MS = 20.0  # shorter waits are scheduling jitter, not a bottlen
 
 ALIGNMENT = 64
 PAGE = 4096  # host buffers start on a page and data files are padded to one: O_DIRECT-able
-
-
-def _huge_page_bytes(capacity: int) -> torch.Tensor:
-    """``capacity`` zeroed bytes on page boundaries, in transparent huge pages where the
-    kernel offers them (``madvise``, as numpy does for its large arrays): copying gigabytes
-    into 4 KiB pages costs a TLB miss per page, about twice the time of a copy into huge
-    pages. Every page is touched here, so that no save pays the first-touch faults."""
-    mapping = mmap.mmap(-1, capacity)  # anonymous: page aligned, zero filled
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        mapping.madvise(mmap.MADV_HUGEPAGE)
-    tensor = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive
-    tensor.zero_()
-    return tensor
 
 
 class HostBuffer:
@@ -92,12 +77,9 @@ class HostBuffer:
         capacity = -(-capacity // (1 << 20)) << 20  # round up to 1 MiB (so to a page too)
         pinned = pinned or self.pinned  # once pinned, stay pinned: no flip-flopping
         self._raw = self.tensor = torch.empty(0, dtype=torch.uint8)  # drop the old one first
-        if pinned:
-            self._raw = torch.zeros(capacity + PAGE, dtype=torch.uint8, pin_memory=True)
-            shift = -self._raw.data_ptr() % PAGE
-            self.tensor = self._raw[shift : shift + capacity]
-        else:
-            self._raw = self.tensor = _huge_page_bytes(capacity)
+        self._raw = torch.zeros(capacity + PAGE, dtype=torch.uint8, pin_memory=pinned)
+        shift = -self._raw.data_ptr() % PAGE
+        self.tensor = self._raw[shift : shift + capacity]
         self.array = self.tensor.numpy()
         self.pinned = pinned
         self.allocations += 1
@@ -367,7 +349,6 @@ class _StagingLayout:
     targets: list[Any]  # per data entry, its view of the buffer (tensor or ndarray)
     cpu_tensors: list[int] | None  # entries copied with one batched call; None: all of them
     others: list[int]  # numpy arrays and CUDA tensors, copied one by one
-    large: list[int]  # large CPU tensors, copied as bytes by one memcpy each
 
     def fits(self, leaves: list[Any]) -> bool:
         """Whether ``leaves`` can be staged with this placement."""
@@ -395,7 +376,6 @@ def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
     targets: list[Any] = []
     cpu_tensors: list[int] = []
     others: list[int] = []
-    large: list[int] = []
     for entry, (source, spec) in enumerate(zip(sources, data_specs, strict=True)):
         region = slice(spec.offset, spec.offset + spec.nbytes)
         leaf = leaves[source] if source >= 0 else groups[-1 - source].source(leaves)
@@ -408,10 +388,7 @@ def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
             others.append(entry)
             continue
         targets.append(buffer.tensor[region].view(leaf.dtype).view(leaf.shape))
-        if leaf.device.type == "cuda":
-            others.append(entry)
-        else:
-            (large if spec.nbytes >= LARGE_COPY else cpu_tensors).append(entry)
+        (others if leaf.device.type == "cuda" else cpu_tensors).append(entry)
     signature = _signature(leaves)
     assert signature is not None
     everything = len(cpu_tensors) == len(sources)
@@ -425,7 +402,6 @@ def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
         targets,
         None if everything else cpu_tensors,
         others,
-        large,
     )
 
 
@@ -453,13 +429,57 @@ def stage_state(state: object, buffer: HostBuffer) -> StagedState:
             objects = encoder.pickle_objects()
             leaves = encoder.leaves
         layout = buffer.staging_layout = _plan(leaves, buffer)
-    copy_leaves(
-        layout.data_sources(leaves),
-        layout.targets,
-        batched=layout.cpu_tensors,
-        large=layout.large,
-        others=layout.others,
-    )
+    _copy_leaves(layout.data_sources(leaves), layout)
     return StagedState(
         tree=tree, arrays=layout.specs, objects=objects, buffer=buffer, nbytes=layout.nbytes
     )
+
+
+_copy_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """One dedicated copy stream per CUDA device, created on first use."""
+    stream = _copy_streams.get(device)
+    if stream is None:
+        # torch.cuda.Stream.__init__ carries no annotations.
+        stream = _copy_streams[device] = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
+    return stream
+
+
+_foreach_copy = getattr(torch, "_foreach_copy_", None)
+
+
+def _copy_leaves(leaves: list[Any], layout: _StagingLayout) -> None:
+    targets = layout.targets
+    with torch.no_grad():  # the copies are no part of any graph: no detach per leaf
+        if layout.cpu_tensors is None:
+            cpu_sources, cpu_targets = leaves, targets
+        else:
+            cpu_sources = [leaves[i] for i in layout.cpu_tensors]
+            cpu_targets = [targets[i] for i in layout.cpu_tensors]
+        if _foreach_copy is not None and cpu_targets:
+            _foreach_copy(cpu_targets, cpu_sources)
+        else:
+            for target, source in zip(cpu_targets, cpu_sources, strict=True):
+                target.copy_(source)
+        used_streams: list[torch.cuda.Stream] = []
+        for index in layout.others:
+            leaf, target = leaves[index], targets[index]
+            if isinstance(leaf, np.ndarray):
+                np.copyto(target, leaf, casting="no")
+                continue
+            if leaf.dtype in BYTE_COPIED:
+                leaf = leaf.view(torch.uint8)
+                if leaf.device.type == "cpu":
+                    target.copy_(leaf)
+                    continue
+            stream = _copy_stream(leaf.device)
+            if stream not in used_streams:
+                # Kernels queued on the training stream must finish writing first.
+                stream.wait_stream(torch.cuda.current_stream(leaf.device))
+                used_streams.append(stream)
+            with torch.cuda.stream(stream):
+                target.copy_(leaf, non_blocking=True)
+        for stream in used_streams:
+            stream.synchronize()
