@@ -298,10 +298,11 @@ def read_parts(
         reader.pread(out.data.cast("B"), 0)
 
 
-def _libc_mmap() -> Any:
-    function = ctypes.CDLL(None, use_errno=True).mmap
-    function.restype = ctypes.c_void_p
-    function.argtypes = [
+def _libc() -> tuple[Any, Any]:
+    """libc's ``mmap`` (to map at a fixed address) and ``mincore``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
         ctypes.c_void_p,
         ctypes.c_size_t,
         ctypes.c_int,
@@ -309,11 +310,12 @@ def _libc_mmap() -> Any:
         ctypes.c_int,
         ctypes.c_long,
     ]
-    return function
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return libc.mmap, libc.mincore
 
 
 _MAP_FIXED = getattr(mmap, "MAP_FIXED", 0x10)  # Python < 3.13 does not export it
-_mmap_fixed = _libc_mmap() if sys.platform.startswith("linux") else None
+_mmap_fixed, _mincore = _libc() if sys.platform.startswith("linux") else (None, None)
 
 
 def map_parts(
@@ -324,7 +326,7 @@ def map_parts(
     mapping, is released when the last view of the array goes). Every part but the last
     must be whole pages. Without ``MAP_FIXED`` (not Linux), the parts are read instead."""
     total = sum(size for _, size in parts)
-    if _mmap_fixed is None or total == 0:
+    if _mmap_fixed is None or _mincore is None or total == 0:
         out = np.empty(total, dtype=np.uint8)
         read_parts(parts, out, step)
         return out
@@ -332,13 +334,15 @@ def map_parts(
         raise CheckpointError("parts mapped in place must be whole pages but the last")
     region = mmap.mmap(-1, -(-total // _PAGE) * _PAGE, flags=mmap.MAP_PRIVATE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    resident = ctypes.c_ubyte()
     offset = 0
     for path, size in parts:
         fd = _open_part(path, size, step)
+        length = -(-size // _PAGE) * _PAGE
         try:
             address = _mmap_fixed(
                 base + offset,
-                -(-size // _PAGE) * _PAGE,
+                length,
                 mmap.PROT_READ | mmap.PROT_WRITE,
                 mmap.MAP_PRIVATE | _MAP_FIXED,
                 fd,
@@ -350,9 +354,13 @@ def map_parts(
             raise CheckpointError(
                 f"cannot map {path}: {os.strerror(ctypes.get_errno())}", path=path, step=step
             )
+        # Read ahead a part not in the page cache (its last page tells: a part is written
+        # and read whole); asking for a cached one costs a page-cache lookup per page.
+        if _mincore(address + length - _PAGE, _PAGE, ctypes.byref(resident)) or not (
+            resident.value & 1
+        ):
+            region.madvise(mmap.MADV_WILLNEED, offset, length)
         offset += size
-    if hasattr(region, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
-        region.madvise(mmap.MADV_WILLNEED)
     return np.frombuffer(region, dtype=np.uint8, count=total)
 
 

@@ -160,6 +160,19 @@ def test_reading_ranges_whole_and_mapped(tmp_path: Path) -> None:
         map_parts([parts[-1], parts[0]], step=5)
 
 
+def test_parts_out_of_the_page_cache_are_mapped_too(tmp_path: Path) -> None:
+    data = _data(4 * MIB + 9)
+    directory = _step(tmp_path, "a")
+    parts = _parts(directory, write_parts(directory, "x.data", data, {}, signed=False).entries)
+    for path, _ in parts[1::2]:  # written and fsynced: clean pages the kernel may drop
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    assert map_parts(parts, step=2).tobytes() == data
+
+
 def test_a_mapping_outlives_the_deleted_step(tmp_path: Path) -> None:
     data = _data(2 * MIB + 5)
     directory = _step(tmp_path, "a")
