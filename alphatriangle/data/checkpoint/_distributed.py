@@ -1,8 +1,7 @@
 """One checkpoint step from the N ranks of a ``torch.distributed`` group: stage, write, commit
 once; restore resharded to the layout the ranks have now.
 
-Save, in order (every rank calls it; the background part runs on a gloo group of its own,
-never the training's group):
+Save, in order (every rank calls it; never on the training's group):
 
 1) :meth:`RankCheckpointer.stage` (caller's thread): the state is flattened the way DCP
    flattens it; each tensor (a DTensor: its local shard) is copied once into this rank's
@@ -28,8 +27,13 @@ target's tensors (DTensors with the layout they have now, plain tensors) to the 
 chunks; each rank reads and verifies the regions it needs (``_dcp_storage.RankReader``);
 the other leaves are set as rank 0 saved them.
 
-Cost on the caller's thread: one copy of the rank's tensors and the pickling of its other
-leaves; the rest is a few small gathers of plans and results per item.
+Two gloo groups of the manager's own: the writer thread's collectives on one, the caller's
+(agreeing on a save, restore, delete) on the other, so that two threads never share a group.
+SIGTERM is recorded, not obeyed, and agreed with the next save decision (preemption).
+
+Cost on the caller's thread: one copy of the rank's tensors, the pickling of its other
+leaves, and one small all-reduce per save decision; the rest is a few small gathers of plans
+and results per item, on the writer thread.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ from alphatriangle.data.checkpoint.layout import (
     shards_index_file,
     step_dir_name,
 )
-from alphatriangle.data.checkpoint.manifest import Manifest, build_manifest, read_manifest, seal
+from alphatriangle.data.checkpoint.manifest import Manifest, build_manifest, seal
 from alphatriangle.data.checkpoint.staging import HostBuffer, StagedState, stage_state
 from alphatriangle.data.checkpoint.step_writer import StepFile, write_files
 
@@ -150,7 +154,6 @@ class RankCheckpointer:
         self.group = _gloo_group(group, timeout_s)
         self.foreground = _gloo_group(group, timeout_s)
         self.rank = dist.get_rank(self.group)
-        self.world_size = dist.get_world_size(self.group)
         # SIGTERM (a preemption) is recorded, not obeyed: agree_due makes every rank save
         # the same final step. Only on the main thread, where Python runs handlers.
         self.sigterm_received = False
@@ -312,33 +315,6 @@ class RankCheckpointer:
             _reraise(exc, self.rank, f"save of step {step}")
         return directory / step_dir_name(step)
 
-    def restore_into(
-        self,
-        step_dir: Path,
-        step: int,
-        item: str,
-        target: dict[str, Any],
-        *,
-        verify: bool = True,
-        weights_only: bool | None = None,
-        signing_key: bytes | None = None,
-    ) -> dict[str, Any]:
-        """Fill ``target`` from ``item`` of a committed step (every rank, collectively):
-        tensors in place (DTensors resharded to their layout now), other leaves set as rank
-        0 saved them. Raises on every rank when any rank fails (see the module docstring)."""
-        manifest = read_manifest(step_dir, step, signing_key=signing_key)
-        return restore_into(
-            step_dir,
-            manifest,
-            item,
-            target,
-            group=self.foreground,  # the caller's thread: never the writer's group
-            rank=self.rank,
-            verify=verify,
-            weights_only=weights_only,
-            signing_key=signing_key,
-        )
-
 
 def _write_others(where: Path, name: str, staged: StagedState, *, signed: bool) -> dict[str, Any]:
     """Rank 0's other leaves of item ``name``, as an ordinary item of the step."""
@@ -422,9 +398,12 @@ def restore_into(
     weights_only: bool | None = None,
     signing_key: bytes | None = None,
 ) -> dict[str, Any]:
-    """See :meth:`RankCheckpointer.restore_into`; ``manifest`` is the step's, read (and its
-    signature checked) by the caller. Without ``group``, this process alone reads every
-    chunk its target needs (e.g. the whole of each tensor, into plain tensors)."""
+    """Fill ``target`` from ``item`` of a committed step saved by several ranks (every rank
+    of ``group``, collectively, on the caller's thread): tensors in place (DTensors
+    resharded to their layout now), other leaves set as rank 0 saved them. Raises on every
+    rank when any rank fails (see the module docstring). ``manifest`` is the step's, read
+    (and its signature checked) by the caller. Without ``group``, this process alone reads
+    every chunk its target needs (e.g. the whole of each tensor, into plain tensors)."""
     step = manifest.step
     signed = signing_key is not None
     name = shards_index_file(item)
