@@ -1,19 +1,6 @@
 """The built-in game: triangles placed on a grid of triangles, full rows cleared."""
 
-from alphatriangle.env.game import (
-    MAX_GRID_CHANNELS,
-    SHAPES,
-    Shape,
-    TriangleGame,
-    check_grid_channels,
-    feature_dim,
-)
+from alphatriangle.env import game as _game
+from alphatriangle.env.game import *  # noqa: F403 - every public name of the game module
 
-__all__ = [
-    "MAX_GRID_CHANNELS",
-    "SHAPES",
-    "Shape",
-    "TriangleGame",
-    "check_grid_channels",
-    "feature_dim",
-]
+__all__ = list(_game.__all__)

@@ -1,25 +1,6 @@
 """Shared types of alphatriangle (see :mod:`alphatriangle.utils.types`)."""
 
-from alphatriangle.utils.types import (
-    ActionType,
-    ColumnarBatch,
-    Experience,
-    ExperienceBatch,
-    PERBatchSample,
-    PolicyTargetMapping,
-    PolicyValueOutput,
-    StateType,
-    StatsCollectorData,
-)
+from alphatriangle.utils import types as _types
+from alphatriangle.utils.types import *  # noqa: F403 - every public name of the types module
 
-__all__ = [
-    "ActionType",
-    "ColumnarBatch",
-    "Experience",
-    "ExperienceBatch",
-    "PERBatchSample",
-    "PolicyTargetMapping",
-    "PolicyValueOutput",
-    "StateType",
-    "StatsCollectorData",
-]
+__all__ = list(_types.__all__)
