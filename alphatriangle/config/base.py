@@ -51,6 +51,14 @@ class ConfigBase(BaseModel):
         """ValueError naming the fields when they do not fit together (run once the fields
         are valid, before the derived values are checked and the warnings given)."""
 
+    def check_at_most(self, low: str, high: str, message: str) -> None:
+        """ValueError when field ``low`` is above field ``high``: ``message`` with ``{LOW}`` and
+        ``{HIGH}`` (the fields' names in braces) each read as ``NAME (value)``."""
+        low_value, high_value = getattr(self, low), getattr(self, high)
+        if low_value > high_value:
+            named = {low: f"{low} ({low_value})", high: f"{high} ({high_value})"}
+            raise ValueError(message.format(**named))
+
     def check_derived(self, name: str, value: Any) -> None:
         """ValueError when a derived value 1.0.0 saved disagrees with the fields."""
 

@@ -55,8 +55,8 @@ class MCTSConfig(ConfigBase):
     MAX_GAME_MOVES: int = Field(default=200, ge=1, le=1_000_000)
 
     def check(self) -> None:
-        if self.TEMPERATURE_FINAL > self.TEMPERATURE_INITIAL:
-            raise ValueError(
-                f"TEMPERATURE_FINAL ({self.TEMPERATURE_FINAL}) cannot be greater than "
-                f"TEMPERATURE_INITIAL ({self.TEMPERATURE_INITIAL})"
-            )
+        self.check_at_most(
+            "TEMPERATURE_FINAL",
+            "TEMPERATURE_INITIAL",
+            "{TEMPERATURE_FINAL} cannot be greater than {TEMPERATURE_INITIAL}",
+        )

@@ -117,21 +117,25 @@ class TrainConfig(ConfigBase):
         return value
 
     def check(self) -> None:
-        if self.BATCH_SIZE > self.BUFFER_CAPACITY:
-            raise ValueError(
-                f"BATCH_SIZE ({self.BATCH_SIZE}) is larger than BUFFER_CAPACITY "
-                f"({self.BUFFER_CAPACITY}): no batch could ever be drawn"
-            )
-        if self.MIN_BUFFER_SIZE_TO_TRAIN > self.BUFFER_CAPACITY:
-            raise ValueError(
-                f"MIN_BUFFER_SIZE_TO_TRAIN ({self.MIN_BUFFER_SIZE_TO_TRAIN}) is larger than "
-                f"BUFFER_CAPACITY ({self.BUFFER_CAPACITY}): training would never start"
-            )
-        if self.PER_BETA_FINAL < self.PER_BETA_INITIAL:
-            raise ValueError(
-                f"PER_BETA_FINAL ({self.PER_BETA_FINAL}) cannot be less than "
-                f"PER_BETA_INITIAL ({self.PER_BETA_INITIAL})"
-            )
+        for low, high, message in (
+            (
+                "BATCH_SIZE",
+                "BUFFER_CAPACITY",
+                "{BATCH_SIZE} is larger than {BUFFER_CAPACITY}: no batch could ever be drawn",
+            ),
+            (
+                "MIN_BUFFER_SIZE_TO_TRAIN",
+                "BUFFER_CAPACITY",
+                "{MIN_BUFFER_SIZE_TO_TRAIN} is larger than {BUFFER_CAPACITY}: "
+                "training would never start",
+            ),
+            (
+                "PER_BETA_INITIAL",
+                "PER_BETA_FINAL",
+                "{PER_BETA_FINAL} cannot be less than {PER_BETA_INITIAL}",
+            ),
+        ):
+            self.check_at_most(low, high, message)
 
     @property
     def per_beta_anneal_steps(self) -> int:
