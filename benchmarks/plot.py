@@ -8,6 +8,9 @@
 - ``training_throughput.png`` (from ``bench_training.json``, ``bench_train_loop.json`` and,
   when a GPU run left one, ``gpu_check.json``): the training throughput each library keeps
   while checkpointing, as a share of the same loop without checkpointing;
+- ``distributed.png`` (from ``distributed_<ranks>x<MB>MB.json``): per rank count, each of
+  our figures divided by DCP's (stall, time to a committed step, restore, resharded restore)
+  against the size per rank (1 is DCP; below is faster);
 - ``summary.md``: one report of every benchmark: the sweep as tables of ratios to the floor
   (median, with the min-max range), then each other benchmark's rows with its command and
   machine (the buffer operations, the DataManager against 1.0.0's save, ...).
@@ -137,6 +140,51 @@ def plot_training(results: Path, out: Path) -> Path | None:
     return path
 
 
+DISTRIBUTED = (
+    ("stall", "ours: stall", "DCP async_save: stall"),
+    ("commit", "ours: commit", "DCP async_save: commit"),
+    ("restore", "ours: restore", "DCP: restore"),
+    ("resharded restore", "ours: resharded restore", "DCP: resharded restore"),
+)
+
+
+def plot_distributed(results: Path, out: Path) -> Path | None:
+    """Ours over DCP's medians, against the size per rank, one panel per rank count."""
+    by_ranks: dict[int, list[tuple[float, dict[str, float]]]] = defaultdict(list)
+    for path in sorted(results.glob("distributed_*x*MB.json")):
+        data = json.loads(path.read_text())
+        medians = {row["measure"]: row["median"] for row in data["rows"]}
+        ratios = {label: medians[ours] / medians[dcp] for label, ours, dcp in DISTRIBUTED}
+        by_ranks[int(data["ranks"])].append((float(data["mb_per_rank"]), ratios))
+    if not by_ranks:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(
+        1, len(by_ranks), figsize=(5 * len(by_ranks), 4), squeeze=False, sharey=True
+    )
+    for axis, ranks in zip(axes[0], sorted(by_ranks), strict=True):
+        points = sorted(by_ranks[ranks], key=lambda point: point[0])
+        sizes = [size for size, _ in points]
+        for label, _, _ in DISTRIBUTED:
+            axis.plot(sizes, [ratios[label] for _, ratios in points], marker="o", label=label)
+        axis.axhline(1, color="grey", linestyle="--", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(f"{ranks} gloo ranks on CPU: ours / DCP", fontsize=9)
+        axis.set_xlabel("MB per rank")
+        axis.legend(fontsize=8)
+    axes[0][0].set_ylabel("time, ours / DCP (1 = DCP)")
+    figure.tight_layout()
+    path = out / "distributed.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def summary_table(sweep: dict[str, Any]) -> str:
     sizes = sorted({row["size_bytes"] for row in sweep["sweep"]})
     lines = []
@@ -224,9 +272,12 @@ def main() -> None:
     text += "\n## The other benchmarks\n" + other_tables(args.results)
     (args.out / "summary.md").write_text(text)
     print(f"wrote {args.out / 'summary.md'}")
-    training = plot_training(args.results, args.out)
-    if training is not None:
-        print(f"wrote {training}")
+    for path in (
+        plot_training(args.results, args.out),
+        plot_distributed(args.results, args.out),
+    ):
+        if path is not None:
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":
