@@ -40,15 +40,22 @@ class StatsCollector:
         self.dropped: dict[str, int] = {}
         self.extra: dict[str, Any] = {}  # a restored state without metric history
 
-    def log(self, name: str, value: float, step: int) -> None:
+    def _finite(self, name: str, value: float) -> float | None:
+        """``value`` as a float when it is finite; else None, counted in ``dropped``."""
         value = float(value)
-        if not math.isfinite(value):
-            self.dropped[name] = self.dropped.get(name, 0) + 1
+        if math.isfinite(value):
+            return value
+        self.dropped[name] = self.dropped.get(name, 0) + 1
+        return None
+
+    def log(self, name: str, value: float, step: int) -> None:
+        finite = self._finite(name, value)
+        if finite is None:
             return
         history = self._data.get(name)
         if history is None:
             history = self._data[name] = deque(maxlen=self.max_history)
-        history.append((int(step), value))
+        history.append((int(step), finite))
 
     def log_batch(
         self,
@@ -137,17 +144,13 @@ class StatsCollector:
         other_counters: set[str] = set()
         for name, items in series.items():
             history: deque[tuple[int, float]] = deque(maxlen=max_history)
-            for item in items:
-                info, value = item
-                if not isinstance(info, Mapping) or "global_step" not in info:
-                    self.dropped[name] = self.dropped.get(name, 0) + 1
-                    continue
-                value = float(value)
-                if not math.isfinite(value):
-                    self.dropped[name] = self.dropped.get(name, 0) + 1
+            for info, value in items:
+                has_step = isinstance(info, Mapping) and "global_step" in info
+                finite = self._finite(name, value if has_step else math.nan)
+                if finite is None:
                     continue
                 other_counters.update(key for key in info if key != "global_step")
-                history.append((int(info["global_step"]), value))
+                history.append((int(info["global_step"]), finite))
             self._data[name] = history
         restored = sum(len(history) for history in self._data.values())
         logger.info(
