@@ -32,8 +32,8 @@ from alphatriangle.data import (
     KeepLatest,
     StepInfo,
 )
-from alphatriangle.data.checkpoint.manifest import canonical, seal
 from alphatriangle.data.checkpoint.layout import MANIFEST_NAME, step_dir_name
+from alphatriangle.data.checkpoint.manifest import canonical, seal
 
 OPTIONS = {"steps": 10_000}
 POLICY = KeepLatest(3) | KeepBest(2, metric="loss", mode="min") | KeepEvery(steps=1000)

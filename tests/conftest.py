@@ -96,4 +96,3 @@ def mlflow_s3_proxied(tmp_path_factory: pytest.TempPathFactory, moto_s3: Any) ->
         yield server
     finally:
         server.stop()
-
