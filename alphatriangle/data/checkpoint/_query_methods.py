@@ -40,7 +40,10 @@ class QueryMethods:
 
         def all_steps(self) -> list[int]: ...
 
-        def latest_step(self) -> int | None: ...
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def array_metadata(self, step: int | None = None, *, item: str = DEFAULT_ITEM) -> Any:
         """The tree of ``item`` in ``step`` (the newest when None) with each tensor and array

@@ -12,11 +12,12 @@ method does the single-process thing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alphatriangle.data.checkpoint.commit import sweep_leftovers
+from alphatriangle.data.checkpoint.staging import StagedState, stage_state
 
 if TYPE_CHECKING:
     from alphatriangle.data.checkpoint._distributed import RankCheckpointer, StagedRank
@@ -25,8 +26,23 @@ if TYPE_CHECKING:
     from alphatriangle.data.checkpoint.locking import WriterLock
     from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
     from alphatriangle.data.checkpoint.retention import StepInfo
+    from alphatriangle.data.checkpoint.staging import StagingSlot
 
-__all__ = ["RankMethods"]
+__all__ = ["RankMethods", "ranks_for"]
+
+
+def ranks_for(process_group: Any, options: CheckpointManagerOptions) -> RankCheckpointer | None:
+    """The ranks of ``process_group`` (None without one); ValueError for an option that a
+    group cannot honour."""
+    if process_group is None:
+        return None
+    if options.on_full == "skip":  # a slot free on one rank, not on another
+        raise ValueError("with a process_group, on_full must be 'wait': every rank saves")
+    if options.incremental:  # each rank writes its share whole
+        raise ValueError("incremental saves are for one process: not with a process_group")
+    from alphatriangle.data.checkpoint._distributed import RankCheckpointer
+
+    return RankCheckpointer(process_group, timeout_s=options.collective_timeout_s)
 
 
 class RankMethods:
@@ -38,12 +54,38 @@ class RankMethods:
     _catalog: StepCatalog
     _deleter: StepDeleter
 
+    if TYPE_CHECKING:
+
+        def _due_here(self, step: int) -> bool: ...
+
+        def _write_step(
+            self, info: StepInfo, staged: Mapping[str, StagedState], replace: bool
+        ) -> Path: ...
+
     @property
     def preemption_requested(self) -> bool:
         """With a process group: a rank received SIGTERM and every rank has agreed on it
         (at a ``should_save`` or ``save``, which then returned True / saved on every rank):
         stop after this save. Always False without a process group."""
         return self._ranks is not None and self._ranks.preempted
+
+    def _due(self, step: int) -> bool:
+        """Whether ``step`` is due; with a process group, whether it is due on any rank (a
+        collective: every rank decides alike), or any rank received SIGTERM."""
+        if self._ranks is None:
+            return self._due_here(step)
+        return self._ranks.agree_due(self._due_here(step))
+
+    def _save_job(
+        self, info: StepInfo, trees: Mapping[str, Any], slot: StagingSlot, replace: bool
+    ) -> Callable[[], Path]:
+        """1) stage ``trees`` into ``slot``; the job that writes and commits them. With a
+        process group, a failure to stage is raised by the job, on every rank."""
+        if self._ranks is None:
+            staged = {name: stage_state(tree, slot.buffer(name)) for name, tree in trees.items()}
+            return functools.partial(self._write_step, info, staged, replace)
+        by_rank = self._ranks.stage(info.step, trees, slot.buffer)
+        return functools.partial(self._write_ranks, info, by_rank, replace)
 
     def _open_together(self, lock: WriterLock | None) -> None:
         """Take the writer lock and sweep leftovers (``lock`` is None on the other ranks of

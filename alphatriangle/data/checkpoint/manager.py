@@ -8,21 +8,18 @@ storage to ``sync`` behind ``remote.RemoteStore``. See the engine README's modul
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from alphatriangle.data.checkpoint._devices import DeviceMap
-from alphatriangle.data.checkpoint._fallback import newest_intact
 from alphatriangle.data.checkpoint._interrupts import holding, interrupts_deferred
 from alphatriangle.data.checkpoint._lifecycle import on_drop, weakly
 from alphatriangle.data.checkpoint._query_methods import QueryMethods
-from alphatriangle.data.checkpoint._rank_methods import RankMethods
+from alphatriangle.data.checkpoint._rank_methods import RankMethods, ranks_for
 from alphatriangle.data.checkpoint._remote_methods import RemoteStorageMethods
 from alphatriangle.data.checkpoint.catalog import StepCatalog
 from alphatriangle.data.checkpoint.commit import (
@@ -31,23 +28,25 @@ from alphatriangle.data.checkpoint.commit import (
     remove_tree,
 )
 from alphatriangle.data.checkpoint.deleter import StepDeleter
-from alphatriangle.data.checkpoint.errors import CheckpointError, CheckpointNotFoundError
+from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.layout import DEFAULT_ITEM, named_items
 from alphatriangle.data.checkpoint.locking import WriterLock
 from alphatriangle.data.checkpoint.manifest import check_metrics
 from alphatriangle.data.checkpoint.mapping import PinnedChunks
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
 from alphatriangle.data.checkpoint.partial_restore import Selector
-from alphatriangle.data.checkpoint.restore import RestoreRequest, restore_newest
+from alphatriangle.data.checkpoint.restore import (
+    RestoreRequest,
+    restore_intact,
+    restore_newest,
+    restore_request,
+)
 from alphatriangle.data.checkpoint.retention import StepInfo
 from alphatriangle.data.checkpoint.save_decision import SaveContext
-from alphatriangle.data.checkpoint.staging import StagedState, StagingPool, stage_state
+from alphatriangle.data.checkpoint.staging import StagedState, StagingPool
 from alphatriangle.data.checkpoint.step_writer import write_step_files
 from alphatriangle.data.checkpoint.sync import MlflowSync
 from alphatriangle.data.checkpoint.writer import BackgroundWriter, SaveHandle
-
-if TYPE_CHECKING:
-    from alphatriangle.data.checkpoint._distributed import RankCheckpointer
 
 __all__ = ["CheckpointManager"]
 
@@ -97,17 +96,7 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
         self.options = options if options is not None else CheckpointManagerOptions()
         # With a process group, every rank of it runs this manager collectively (see
         # _distributed.py): rank 0 leads (lock, sweep, manifest, commit, retention, sync).
-        self._ranks: RankCheckpointer | None = None
-        if process_group is not None:
-            if self.options.on_full == "skip":  # a slot free on one rank, not on another
-                raise ValueError("with a process_group, on_full must be 'wait': every rank saves")
-            if self.options.incremental:  # each rank writes its share whole
-                raise ValueError("incremental saves are for one process: not with a process_group")
-            from alphatriangle.data.checkpoint._distributed import RankCheckpointer
-
-            self._ranks = RankCheckpointer(
-                process_group, timeout_s=self.options.collective_timeout_s
-            )
+        self._ranks = ranks_for(process_group, self.options)
         lead = self._ranks is None or self._ranks.rank == 0
         self.skipped_steps: list[int] = []
         self._clock = clock
@@ -178,13 +167,6 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
             return False
         return self._due(step)
 
-    def _due(self, step: int) -> bool:
-        """Whether ``step`` is due; with a process group, whether it is due on any rank (a
-        collective: every rank decides alike), or any rank received SIGTERM."""
-        if self._ranks is None:
-            return self._due_here(step)
-        return self._ranks.agree_due(self._due_here(step))
-
     def _due_here(self, step: int) -> bool:
         with self._catalog.lock:
             last = self._catalog.last_saved
@@ -253,15 +235,7 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
                     # The save this one waited for failed: report it now, not one save later.
                     writer.raise_error(clear=True)
                 info = StepInfo(step, self._clock(), checked_metrics, frozenset(trees))
-                job: Callable[[], Path]
-                if self._ranks is None:
-                    staged = {
-                        name: stage_state(tree, slot.buffer(name)) for name, tree in trees.items()
-                    }
-                    job = functools.partial(self._write_step, info, staged, replace)
-                else:  # a failure to stage is raised by the job, on every rank
-                    by_rank = self._ranks.stage(step, trees, slot.buffer)
-                    job = functools.partial(self._write_ranks, info, by_rank, replace)
+                job = self._save_job(info, trees, slot, replace)
                 handle = SaveHandle(step)
                 handle.staged.set_result(None)
                 self._catalog.begin_save(step)
@@ -378,32 +352,20 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
         """
         if fallback and step is not None:
             raise ValueError("fallback restores the newest intact step: pass step=None")
-        if weights_only is None:
-            weights_only = self.options.weights_only
-        if isinstance(select, (str, int)):
-            select = [select]  # one key, never read letter by letter
-        if target is not None and (select is not None or map_location is not None):
-            raise ValueError("target is filled where its tensors are: no select, no map_location")
-        request = RestoreRequest(
-            DeviceMap(map_location),
-            weights_only,
-            None if select is None else list(select),
-            item,
-            target,
-            self._ranks,
+        request = restore_request(
+            self.options,
+            map_location=map_location,
+            weights_only=weights_only,
+            select=select,
+            item=item,
+            target=target,
+            ranks=self._ranks,
         )
         if not fallback:
             return self._restore(step, request)
-        found = newest_intact(
-            self._catalog.steps_holding(item),
-            lambda candidate: self._restore(candidate, request),
-            skipped="skipping corrupt step %d: %s",
-            found="restored step %d, the newest intact one: newer steps are corrupt",
-            passes=(CheckpointNotFoundError,),  # deleted by retention since the listing
+        return restore_intact(
+            self._catalog.steps_holding(item), lambda candidate: self._restore(candidate, request)
         )
-        if found is not None:
-            return found[1]
-        return self._restore(None, request)  # nothing committed: the usual error
 
     def _restore(self, step: int | None, request: RestoreRequest) -> Any:
         self._check_open()
@@ -422,11 +384,6 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
     def all_steps(self) -> list[int]:
         """Committed steps, ascending. A reader rescans the directory on every call."""
         return self._catalog.all_steps()
-
-    def latest_step(self) -> int | None:
-        """The newest committed step, or None."""
-        steps = self.all_steps()
-        return steps[-1] if steps else None
 
     def reload(self) -> None:
         """Rescan the directory for committed steps. A step-named directory without a

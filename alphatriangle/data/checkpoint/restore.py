@@ -24,11 +24,13 @@ rest is the reader's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alphatriangle.data.checkpoint._devices import DeviceMap
+from alphatriangle.data.checkpoint._fallback import newest_intact
 from alphatriangle.data.checkpoint._fill import restore_into
 from alphatriangle.data.checkpoint.errors import (
     CheckpointError,
@@ -43,7 +45,7 @@ from alphatriangle.data.checkpoint.mapping import PinnedChunks
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
 from alphatriangle.data.checkpoint.partial_restore import Selector, read_selected
 
-__all__ = ["RestoreRequest", "restore_newest", "restore_step"]
+__all__ = ["RestoreRequest", "restore_intact", "restore_newest", "restore_request", "restore_step"]
 
 _RESTORE_ATTEMPTS = 16
 
@@ -58,6 +60,32 @@ class RestoreRequest:
     item: str = "state"
     target: Any = None  # restore(target=...): filled in place
     ranks: Any = None  # the manager's RankCheckpointer (with a process group): collective
+
+
+def restore_request(
+    options: CheckpointManagerOptions,
+    *,
+    map_location: Any,
+    weights_only: bool | None,
+    select: Sequence[Selector] | Selector | None,
+    item: str,
+    target: Any,
+    ranks: Any,
+) -> RestoreRequest:
+    """``restore``'s arguments checked and made one request (``weights_only`` None: the
+    option's); ValueError for a combination that cannot be honoured."""
+    if isinstance(select, (str, int)):
+        select = [select]  # one key, never read letter by letter
+    if target is not None and (select is not None or map_location is not None):
+        raise ValueError("target is filled where its tensors are: no select, no map_location")
+    return RestoreRequest(
+        DeviceMap(map_location),
+        options.weights_only if weights_only is None else weights_only,
+        None if select is None else list(select),
+        item,
+        target,
+        ranks,
+    )
 
 
 def restore_step(
@@ -185,3 +213,17 @@ def restore_newest(
         "before it could be read",
         path=directory,
     )
+
+
+def restore_intact(steps: list[int], restore: Callable[[int | None], Any]) -> Any:
+    """``restore(fallback=True)``: ``restore`` of the newest of ``steps`` (newest first)
+    that is intact, each corrupt newer one skipped and logged as an error; when none is, the
+    newest one's corruption is raised (``restore(None)`` when there is no step at all)."""
+    found = newest_intact(
+        steps,
+        restore,
+        skipped="skipping corrupt step %d: %s",
+        found="restored step %d, the newest intact one: newer steps are corrupt",
+        passes=(CheckpointNotFoundError,),  # deleted by retention since the listing
+    )
+    return restore(None) if found is None else found[1]
