@@ -53,6 +53,7 @@ import numpy as np
 import xxhash
 
 from alphatriangle.data.checkpoint._fields import CHECKSUM, is_int
+from alphatriangle.data.checkpoint.commit import write_new_file
 from alphatriangle.data.checkpoint.errors import CheckpointError, corrupt_file
 from alphatriangle.data.checkpoint.signing import FILE_DIGEST, ChunkedDigest
 
@@ -64,6 +65,8 @@ __all__ = [
     "chunk_spans",
     "listed_parts",
     "map_parts",
+    "open_listed",
+    "open_regular",
     "part_names",
     "parted_problem",
     "parts_of",
@@ -182,16 +185,6 @@ def _link(source: Path, target: Path, size: int) -> bool:
     return True
 
 
-def _write_new(path: Path, piece: memoryview) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        while piece.nbytes:
-            piece = piece[os.write(fd, piece) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class WrittenParts:
     """The manifest entries of a data file's parts, and how many bytes were written (the
@@ -227,29 +220,38 @@ def write_parts(
         if source is not None and _link(source[0], directory / name, size):
             entry[CHECKSUM] = source[1][CHECKSUM]  # the same bytes: the same checksum
         else:
-            _write_new(directory / name, piece)
+            write_new_file(directory / name, piece)
             entry[CHECKSUM] = xxhash.xxh3_64_hexdigest(piece)
             written += size
         entries[name] = entry
     return WrittenParts(entries, written)
 
 
-def _open_part(path: Path, size: int, step: int | None) -> int:
-    """A part opened for reading, never through a link or a FIFO, of the listed size."""
+def open_regular(path: str | Path, step: int | None) -> tuple[int, int]:
+    """Open ``path`` for reading without following a symbolic link and without blocking on a
+    FIFO; returns the descriptor and the file's size. Anything but a regular file is
+    corruption."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise corrupt_file(path, step, "missing") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if Path(path).is_symlink():
             raise corrupt_file(path, step, "a symbolic link, not a file of the step") from None
         raise CheckpointError(f"cannot open {path}: {exc}", path=path, step=step) from exc
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise corrupt_file(path, step, "not a regular file")
-        raise corrupt_file(path, step, f"size {info.st_size} bytes, manifest says {size}")
+        raise corrupt_file(path, step, "not a regular file")
+    return fd, info.st_size
+
+
+def open_listed(path: str | Path, step: int | None, listed_size: int) -> int:
+    """:func:`open_regular`, and its size checked against the manifest's; the descriptor."""
+    fd, actual = open_regular(path, step)
+    if actual != listed_size:
+        os.close(fd)
+        raise corrupt_file(path, step, f"size {actual} bytes, manifest says {listed_size}")
     return fd
 
 
@@ -276,7 +278,7 @@ class PartedFile:
             path, size = self._parts[index]
             inside = offset + done - self._starts[index]
             count = min(size - inside, target.nbytes - done)
-            fd = _open_part(path, size, self._step)
+            fd = open_listed(path, self._step, size)
             try:
                 while count:
                     got = os.preadv(fd, [target[done : done + count]], inside)
@@ -338,7 +340,7 @@ def map_parts(
     resident = ctypes.c_ubyte()
     offset = 0
     for path, size in parts:
-        fd = _open_part(path, size, step)
+        fd = open_listed(path, step, size)
         length = -(-size // _PAGE) * _PAGE
         try:
             address = _mmap_fixed(

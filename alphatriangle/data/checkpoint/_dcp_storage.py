@@ -62,6 +62,7 @@ from torch.futures import Future
 from alphatriangle.data.checkpoint._fields import CHECKSUM
 from alphatriangle.data.checkpoint._verified_files import check_file
 from alphatriangle.data.checkpoint.arrays import TORCH_DTYPES
+from alphatriangle.data.checkpoint.commit import write_new_file
 from alphatriangle.data.checkpoint.errors import CheckpointError, corrupt_file
 from alphatriangle.data.checkpoint.layout import shard_file
 from alphatriangle.data.checkpoint.manifest import Manifest
@@ -78,7 +79,6 @@ __all__ = [
 
 SHARDS_INDEX_VERSION = 1
 _DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
-_WRITE_CHUNK = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -153,15 +153,7 @@ def _write_regions(path: Path, views: list[memoryview], *, signed: bool) -> _Fil
     hashing = threading.Thread(target=digests.update, args=(views,), name="checksum")
     hashing.start()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            for region in views:
-                rest = region
-                while rest.nbytes:
-                    rest = rest[os.write(fd, rest[:_WRITE_CHUNK]) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new_file(path, *views)
     finally:
         hashing.join()
     return digests

@@ -84,18 +84,19 @@ from alphatriangle.data.checkpoint.errors import (
     corrupt_file,
 )
 from alphatriangle.data.checkpoint.full_restore import read_item
-from alphatriangle.data.checkpoint.index import encode_index
 from alphatriangle.data.checkpoint.layout import (
     MANIFEST_NAME,
-    data_file,
-    index_file,
-    objects_file,
     shards_index_file,
     step_dir_name,
 )
 from alphatriangle.data.checkpoint.manifest import Manifest, build_manifest, seal
 from alphatriangle.data.checkpoint.staging import HostBuffer, StagedState, stage_state
-from alphatriangle.data.checkpoint.step_writer import StepFile, write_files
+from alphatriangle.data.checkpoint.step_writer import (
+    StepFile,
+    item_data_file,
+    write_files,
+    write_item_rest,
+)
 
 __all__ = ["RankCheckpointer", "StagedRank", "restore_into"]
 
@@ -318,19 +319,9 @@ class RankCheckpointer:
 
 def _write_others(where: Path, name: str, staged: StagedState, *, signed: bool) -> dict[str, Any]:
     """Rank 0's other leaves of item ``name``, as an ordinary item of the step."""
-    data = StepFile(
-        data_file(name),
-        staged.data(),
-        staged.page_padded_data(),
-        regions=[(a.offset, a.nbytes) for a in staged.arrays],
-    )
+    data = item_data_file(name, staged)
     entries = write_files(where, [data], signed=signed)
-    later = [
-        StepFile(index_file(name), encode_index(staged.tree, staged.arrays, data.region_digests))
-    ]
-    if staged.objects is not None:
-        later.append(StepFile(objects_file(name), staged.objects))
-    return entries | write_files(where, later, signed=signed)
+    return entries | write_item_rest(where, name, staged, data, signed=signed)
 
 
 def _reraise(exc: BaseException, rank: int, what: str) -> NoReturn:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import queue
-import stat
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xxhash
 
-from alphatriangle.data.checkpoint._chunks import PartedFile, map_parts, parts_of, read_parts
+from alphatriangle.data.checkpoint._chunks import (
+    PartedFile,
+    map_parts,
+    open_listed,
+    open_regular,
+    parts_of,
+    read_parts,
+)
 from alphatriangle.data.checkpoint._fields import CHECKSUM
 from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
 from alphatriangle.data.checkpoint.errors import (
@@ -186,34 +192,6 @@ def digest_mismatch(path: str | Path, step: int, *, signed: bool) -> CheckpointC
 
 def _physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def open_regular(path: str | Path, step: int | None) -> tuple[int, int]:
-    """Open ``path`` for reading without following a symbolic link and without blocking on a
-    FIFO; returns the descriptor and the file's size. Anything but a regular file is
-    corruption."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise corrupt_file(path, step, "missing") from None
-    except OSError as exc:
-        if Path(path).is_symlink():
-            raise corrupt_file(path, step, "a symbolic link, not a file of the step") from None
-        raise CheckpointError(f"cannot open {path}: {exc}", path=path, step=step) from exc
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise corrupt_file(path, step, "not a regular file")
-    return fd, info.st_size
-
-
-def open_listed(path: str | Path, step: int, listed_size: int) -> int:
-    """:func:`open_regular`, and its size checked against the manifest's; the descriptor."""
-    fd, actual = open_regular(path, step)
-    if actual != listed_size:
-        os.close(fd)
-        raise corrupt_file(path, step, f"size {actual} bytes, manifest says {listed_size}")
-    return fd
 
 
 def check_allocatable(path: str | Path, step: int | None, size: int) -> None:
@@ -406,13 +384,7 @@ def map_data(
     if parts is not None:
         expected = int(data_entry(manifest, name)["size"])
         check_allocatable(path, step, expected)
-        arena = map_parts(parts, step)
-        if not verify:
-            return arena, None
-        hasher = file_hasher(signed=signed, threaded=True)
-        for start in range(0, expected, HASH_CHUNK):
-            hasher.update(arena.data[start : start + HASH_CHUNK])
-        return arena, hasher
+        return _hashing(map_parts(parts, step), expected, verify=verify, signed=signed)
     expected = int(_listed_entry(step_dir, manifest, name)["size"])
     fd = open_listed(path, step, expected)
     try:
@@ -425,9 +397,17 @@ def map_data(
             raise CheckpointError(f"cannot map {path}: {exc}", path=path, step=step) from exc
     finally:
         os.close(fd)
+    return _hashing(arena, expected, verify=verify, signed=signed)
+
+
+def _hashing(
+    arena: Arena, size: int, *, verify: bool, signed: bool
+) -> tuple[Arena, FileHasher | None]:
+    """``arena``, and with ``verify`` the digest of its ``size`` bytes being computed on a
+    thread."""
     if not verify:
         return arena, None
     hasher = file_hasher(signed=signed, threaded=True)
-    for start in range(0, expected, HASH_CHUNK):
+    for start in range(0, size, HASH_CHUNK):
         hasher.update(arena.data[start : start + HASH_CHUNK])
     return arena, hasher

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import xxhash
 
-from alphatriangle.data.checkpoint._chunks import parted_problem
+from alphatriangle.data.checkpoint._chunks import open_regular, parted_problem
 from alphatriangle.data.checkpoint._fields import (
     CHECKSUM,
     HEX_PATTERNS,
@@ -40,7 +40,6 @@ from alphatriangle.data.checkpoint._fields import (
     is_number,
     parse_json,
 )
-from alphatriangle.data.checkpoint._verified_files import open_regular
 from alphatriangle.data.checkpoint.errors import CheckpointSignatureError, corrupt_file
 from alphatriangle.data.checkpoint.layout import (
     FILE_NAME,

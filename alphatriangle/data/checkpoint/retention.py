@@ -86,6 +86,10 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _require_positive(what: str, value: object) -> None:
+    _require(isinstance(value, (int, float)) and value > 0, f"{what} must be > 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class KeepAll(RetentionPolicy):
     """Keep every step: retention is off."""
@@ -193,10 +197,7 @@ class KeepInterval(RetentionPolicy):
     seconds: float
 
     def __post_init__(self) -> None:
-        _require(
-            isinstance(self.seconds, (int, float)) and self.seconds > 0,
-            f"KeepInterval.seconds must be > 0, got {self.seconds!r}",
-        )
+        _require_positive("KeepInterval.seconds", self.seconds)
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
         kept: set[int] = set()
@@ -215,10 +216,7 @@ class KeepRecent(RetentionPolicy):
     seconds: float
 
     def __post_init__(self) -> None:
-        _require(
-            isinstance(self.seconds, (int, float)) and self.seconds > 0,
-            f"KeepRecent.seconds must be > 0, got {self.seconds!r}",
-        )
+        _require_positive("KeepRecent.seconds", self.seconds)
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
         return {s.step for s in steps if now - s.wall_time <= self.seconds}

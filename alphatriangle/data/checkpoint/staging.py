@@ -416,23 +416,26 @@ def stage_state(state: object, buffer: HostBuffer) -> StagedState:
     Raises whatever cloudpickle raises for an object it cannot serialise, before anything is
     written.
     """
-    encoder = TreeEncoder(compact=True)
-    tree = encoder.encode(state)
-    objects = encoder.pickle_objects()
+    encoder, tree, objects = _encoded(state, compact=True)
     leaves = encoder.leaves
     layout = buffer.staging_layout
     if layout is None or not layout.fits(leaves):
         if encoder.compacted and not all(map(is_array_leaf, leaves)):
             # A compact dict node took a leaf that must be pickled instead: encode again.
-            encoder = TreeEncoder(compact=False)
-            tree = encoder.encode(state)
-            objects = encoder.pickle_objects()
+            encoder, tree, objects = _encoded(state, compact=False)
             leaves = encoder.leaves
         layout = buffer.staging_layout = _plan(leaves, buffer)
     _copy_leaves(layout.data_sources(leaves), layout)
     return StagedState(
         tree=tree, arrays=layout.specs, objects=objects, buffer=buffer, nbytes=layout.nbytes
     )
+
+
+def _encoded(state: Any, *, compact: bool) -> tuple[TreeEncoder, JsonTree, bytes | None]:
+    """``state`` encoded: the encoder (its leaves), the tree, the pickled objects."""
+    encoder = TreeEncoder(compact=compact)
+    tree = encoder.encode(state)
+    return encoder, tree, encoder.pickle_objects()
 
 
 _copy_streams: dict[torch.device, torch.cuda.Stream] = {}

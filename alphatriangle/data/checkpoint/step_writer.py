@@ -37,6 +37,7 @@ from alphatriangle.data.checkpoint._chunks import shareable_parts, write_parts
 from alphatriangle.data.checkpoint._fields import CHECKSUM, canonical
 from alphatriangle.data.checkpoint._verified_files import HashThread
 from alphatriangle.data.checkpoint.catalog import StepCatalog
+from alphatriangle.data.checkpoint.commit import write_all, write_new_file
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.index import encode_index
 from alphatriangle.data.checkpoint.layout import (
@@ -50,11 +51,17 @@ from alphatriangle.data.checkpoint.manifest import build_manifest, read_manifest
 from alphatriangle.data.checkpoint.signing import FILE_DIGEST, ChunkedDigest
 from alphatriangle.data.checkpoint.staging import StagedState
 
-__all__ = ["StepFile", "previous_parts", "write_files", "write_step_files"]
+__all__ = [
+    "StepFile",
+    "item_data_file",
+    "previous_parts",
+    "write_files",
+    "write_item_rest",
+    "write_step_files",
+]
 
 logger = logging.getLogger(__name__)
 
-_WRITE_CHUNK = 64 << 20  # a multiple of the page: O_DIRECT writes stay aligned
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
@@ -72,11 +79,6 @@ class StepFile:
     region_digests: list[str] = field(default_factory=list)
 
 
-def _write_all(fd: int, view: memoryview) -> None:
-    while view.nbytes:
-        view = view[os.write(fd, view[:_WRITE_CHUNK]) :]
-
-
 def _write_direct(path: Path, padded: memoryview, size: int) -> bool:
     """Write ``padded`` (page-aligned, whole pages) with O_DIRECT, then trim to ``size``.
     False when the file system refuses O_DIRECT (tmpfs, some network file systems)."""
@@ -87,7 +89,7 @@ def _write_direct(path: Path, padded: memoryview, size: int) -> bool:
             return False
         raise
     try:
-        _write_all(fd, padded)
+        write_all(fd, padded)
         os.ftruncate(fd, size)
         os.fsync(fd)  # O_DIRECT bypasses the page cache, not the metadata journal
     except OSError as exc:
@@ -107,40 +109,74 @@ def _checksum(
     digests.extend(xxhash.xxh3_64_hexdigest(view[o : o + n]) for o, n in regions)
 
 
+class _Hashes:
+    """A new file's checksum (and, ``signed``, its SHA-256 digest) computed while it is
+    written: on a :class:`HashThread` when ``threaded``, else at once; the digest's chunks on
+    the pool's threads. ``finish`` waits for both; ``entry`` is the file's manifest entry."""
+
+    def __init__(self, file: StepFile, view: memoryview, *, signed: bool, threaded: bool):
+        self._size = view.nbytes
+        self._hasher = xxhash.xxh3_64()
+        self._digest = ChunkedDigest() if signed else None
+        if self._digest is not None:
+            self._digest.update(view)
+        self._thread: HashThread | None = None
+        if threaded:
+            self._thread = HashThread()
+            self._thread.put(_checksum, view, self._hasher, file.regions, file.region_digests)
+        else:
+            _checksum(view, self._hasher, file.regions, file.region_digests)
+
+    def finish(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._digest is not None:
+            self._digest.stop()
+
+    def entry(self, **fields: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {"size": self._size, CHECKSUM: self._hasher.hexdigest(), **fields}
+        if self._digest is not None:
+            entry[FILE_DIGEST] = self._digest.hexdigest()
+        return entry
+
+
+def item_data_file(name: str, staged: StagedState) -> StepFile:
+    """The data file of item ``name``: its arrays' bytes, each array's region digested."""
+    return StepFile(
+        data_file(name),
+        staged.data(),
+        staged.page_padded_data(),
+        regions=[(a.offset, a.nbytes) for a in staged.arrays],
+    )
+
+
+def write_item_rest(
+    directory: Path, name: str, staged: StagedState, data: StepFile, *, signed: bool
+) -> dict[str, Any]:
+    """Write the index of item ``name`` (with the digests of its written ``data`` file's
+    regions) and its pickled objects, if any; their manifest entries."""
+    index = encode_index(staged.tree, staged.arrays, data.region_digests)
+    later = [StepFile(index_file(name), index)]
+    if staged.objects is not None:
+        later.append(StepFile(objects_file(name), staged.objects))
+    return write_files(directory, later, signed=signed)
+
+
 def _write_file(directory: Path, file: StepFile, *, signed: bool) -> dict[str, Any]:
     """Write, fsync and checksum one new file; its manifest entry. Large files are hashed on
     other threads while they are written (all release the GIL). ``signed`` adds a SHA-256
     digest to the entry."""
     view = memoryview(file.data).cast("B")
-    hasher = xxhash.xxh3_64()
-    digest = ChunkedDigest() if signed else None
-    if digest is not None:
-        digest.update(view)  # its chunks hash on the pool's threads meanwhile
-    hashing = None
-    if view.nbytes >= (1 << 20) or len(file.regions) > 64:
-        hashing = HashThread()
-        hashing.put(_checksum, view, hasher, file.regions, file.region_digests)
-    else:
-        _checksum(view, hasher, file.regions, file.region_digests)
+    threaded = view.nbytes >= (1 << 20) or len(file.regions) > 64
+    hashes = _Hashes(file, view, signed=signed, threaded=threaded)
     path = directory / file.name
     try:
         padded = file.padded
         if padded is None or not _O_DIRECT or not _write_direct(path, padded, view.nbytes):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                _write_all(fd, view)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(path, view)
     finally:
-        if hashing is not None:
-            hashing.join()
-        if digest is not None:
-            digest.stop()
-    entry = {"size": view.nbytes, CHECKSUM: hasher.hexdigest()}
-    if digest is not None:
-        entry[FILE_DIGEST] = digest.hexdigest()
-    return entry
+        hashes.finish()
+    return hashes.entry()
 
 
 def _write_parted(
@@ -153,23 +189,12 @@ def _write_parted(
     """Write a data file as parts (``_chunks.py``), linking those the previous step has;
     the entries of its parts, and its own entry (size, digests of the whole, part count)."""
     view = memoryview(file.data).cast("B")
-    hasher = xxhash.xxh3_64()
-    digest = ChunkedDigest() if signed else None
-    if digest is not None:
-        digest.update(view)
-    hashing = HashThread()
-    hashing.put(_checksum, view, hasher, file.regions, file.region_digests)
+    hashes = _Hashes(file, view, signed=signed, threaded=True)
     try:
         parts = write_parts(directory, file.name, view, shareable, signed=signed)
     finally:
-        hashing.join()
-        if digest is not None:
-            digest.stop()
-    whole: dict[str, Any] = {"size": view.nbytes, CHECKSUM: hasher.hexdigest()}
-    whole["parts"] = len(parts.entries)
-    if digest is not None:
-        whole[FILE_DIGEST] = digest.hexdigest()
-    return parts.entries, whole
+        hashes.finish()
+    return parts.entries, hashes.entry(parts=len(parts.entries))
 
 
 def previous_parts(
@@ -226,22 +251,13 @@ def write_step_files(
     entries: dict[str, Any] = {}
     parted: dict[str, Any] = {}
     for name, staged in items.items():
-        data = StepFile(
-            data_file(name),
-            staged.data(),
-            staged.page_padded_data(),
-            regions=[(a.offset, a.nbytes) for a in staged.arrays],
-        )
+        data = item_data_file(name, staged)
         if shareable is None or name not in parted_items:
             entries |= write_files(directory, [data], signed=signed)
         else:
             parts, parted[data.name] = _write_parted(directory, data, shareable, signed=signed)
             entries |= parts
-        index = encode_index(staged.tree, staged.arrays, data.region_digests)
-        later = [StepFile(index_file(name), index)]
-        if staged.objects is not None:
-            later.append(StepFile(objects_file(name), staged.objects))
-        entries |= write_files(directory, later, signed=signed)
+        entries |= write_item_rest(directory, name, staged, data, signed=signed)
     manifest = build_manifest(
         step,
         wall_time=wall_time,
