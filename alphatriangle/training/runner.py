@@ -46,10 +46,7 @@ from alphatriangle.nn import NeuralNetwork
 from alphatriangle.rl.core import ExperienceBuffer
 from alphatriangle.training.learner import Learner
 from alphatriangle.training.progress import Progress, ProgressInfo
-from alphatriangle.training.resume import (
-    configs_of_checkpoint,
-    position_scheduler,
-)
+from alphatriangle.training.resume import configs_of_checkpoint, position_scheduler
 from alphatriangle.training.self_play import GameResult, start_workers
 
 __all__ = ["TrainingSummary", "check_configs", "run_training"]
@@ -307,14 +304,7 @@ def run_training(
         if step >= target:
             echo(f"run {train.RUN_NAME} is at step {step} already: --steps {target} is reached")
             return summary
-        workers = start_workers(
-            train.NUM_SELF_PLAY_WORKERS,
-            env_config=configs.env,
-            model_config=configs.model,
-            train_config=train,
-            mcts_config=configs.mcts,
-            seed=train.RANDOM_SEED + step,
-        )
+        workers = start_workers(train.NUM_SELF_PLAY_WORKERS, configs, seed=train.RANDOM_SEED + step)
         loop = _Loop(
             configs=configs,
             data=data if checkpointing else None,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphatriangle.config import EnvConfig, MCTSConfig, ModelConfig, TrainConfig
+from alphatriangle.config import EnvConfig, MCTSConfig, ModelConfig, RunConfigs, TrainConfig
 from alphatriangle.env import TriangleGame
 from alphatriangle.nn import NeuralNetwork
 from alphatriangle.training.search import run_search
@@ -131,20 +131,13 @@ class SelfPlayWorker:
         )
 
 
-def start_workers(
-    count: int,
-    *,
-    env_config: EnvConfig,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    mcts_config: MCTSConfig,
-    seed: int,
-) -> list[Any]:
-    """``count`` self-play actors (one CPU each), seeded ``seed + 1 + i``."""
+def start_workers(count: int, configs: RunConfigs, *, seed: int) -> list[Any]:
+    """``count`` self-play actors (one CPU each) with the ``env``, ``model``, ``train`` and
+    ``mcts`` configs of ``configs``, seeded ``seed + 1 + i``."""
     import ray
 
     actor = ray.remote(num_cpus=1)(SelfPlayWorker)
     return [
-        actor.remote(env_config, model_config, train_config, mcts_config, seed + 1 + index)
+        actor.remote(configs.env, configs.model, configs.train, configs.mcts, seed + 1 + index)
         for index in range(count)
     ]
