@@ -7,7 +7,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 __all__ = ["Progress", "ProgressInfo"]
@@ -87,11 +86,6 @@ class Progress:
             self._last_log = now
             logger.info("step %d/%d | %s", info.step, self.total, info.describe())
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
             self._bar.stop()
