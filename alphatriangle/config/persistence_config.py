@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from alphatriangle.config.base import ConfigBase, IgnoredFieldWarning
 
-__all__ = ["PersistenceConfig", "check_run_name"]
+__all__ = ["PersistenceConfig", "RunName", "check_run_name"]
 
 _MAX_NAME = 255
 
@@ -28,6 +28,10 @@ def check_run_name(name: str) -> str:
     if len(name.encode()) > _MAX_NAME:
         raise ValueError(f"a run name must fit in {_MAX_NAME} bytes")
     return name
+
+
+RunName = Annotated[str, AfterValidator(check_run_name)]
+"""A ``str`` field that must be one safe path component (:func:`check_run_name`)."""
 
 
 class PersistenceConfig(ConfigBase):

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from alphatriangle.config.base import ConfigBase
-from alphatriangle.config.persistence_config import check_run_name
+from alphatriangle.config.persistence_config import RunName
 
 __all__ = ["TrainConfig"]
 
@@ -58,7 +58,9 @@ class TrainConfig(ConfigBase):
         "COMPILE_MODEL": "the network runs eagerly (no torch.compile)",
     }
 
-    RUN_NAME: str = Field(default_factory=lambda: dt.datetime.now().strftime("train_%Y%m%d_%H%M%S"))
+    RUN_NAME: RunName = Field(
+        default_factory=lambda: dt.datetime.now().strftime("train_%Y%m%d_%H%M%S")
+    )
     LOAD_CHECKPOINT_PATH: str | None = None
     LOAD_BUFFER_PATH: str | None = None
     AUTO_RESUME_LATEST: bool = True
@@ -103,11 +105,6 @@ class TrainConfig(ConfigBase):
     PER_EPSILON: float = Field(default=1e-5, gt=0.0, le=1.0)
 
     COMPILE_MODEL: bool = True
-
-    @field_validator("RUN_NAME")
-    @classmethod
-    def _safe_run_name(cls, value: str) -> str:
-        return check_run_name(value)
 
     @field_validator("LOAD_CHECKPOINT_PATH", "LOAD_BUFFER_PATH")
     @classmethod
