@@ -134,14 +134,16 @@ class TrainConfig(ConfigBase):
         ):
             self.check_at_most(low, high, message)
 
+    def _or_run_length(self, steps: int | None) -> int:
+        """``steps``, else ``MAX_TRAINING_STEPS``, else 100,000 (1.0.0's fallback)."""
+        return steps or self.MAX_TRAINING_STEPS or 100_000
+
     @property
     def per_beta_anneal_steps(self) -> int:
-        """Steps over which beta anneals: ``PER_BETA_ANNEAL_STEPS``, else
-        ``MAX_TRAINING_STEPS``, else 100,000 (1.0.0's fallback)."""
-        return self.PER_BETA_ANNEAL_STEPS or self.MAX_TRAINING_STEPS or 100_000
+        """Steps over which beta anneals: ``PER_BETA_ANNEAL_STEPS`` or the run's length."""
+        return self._or_run_length(self.PER_BETA_ANNEAL_STEPS)
 
     @property
     def lr_scheduler_t_max(self) -> int:
-        """The cosine schedule's period: ``LR_SCHEDULER_T_MAX``, else
-        ``MAX_TRAINING_STEPS``, else 100,000 (1.0.0's fallback)."""
-        return self.LR_SCHEDULER_T_MAX or self.MAX_TRAINING_STEPS or 100_000
+        """The cosine schedule's period: ``LR_SCHEDULER_T_MAX`` or the run's length."""
+        return self._or_run_length(self.LR_SCHEDULER_T_MAX)
