@@ -83,7 +83,7 @@ from alphatriangle.data.checkpoint.errors import (
     CheckpointError,
     corrupt_file,
 )
-from alphatriangle.data.checkpoint.full_restore import read_item
+from alphatriangle.data.checkpoint.full_restore import ReadOptions, read_item
 from alphatriangle.data.checkpoint.layout import (
     MANIFEST_NAME,
     shards_index_file,
@@ -385,9 +385,7 @@ def restore_into(
     *,
     group: dist.ProcessGroup | None,
     rank: int,
-    verify: bool = True,
-    weights_only: bool | None = None,
-    signing_key: bytes | None = None,
+    read: ReadOptions,
 ) -> dict[str, Any]:
     """Fill ``target`` from ``item`` of a committed step saved by several ranks (every rank
     of ``group``, collectively, on the caller's thread): tensors in place (DTensors
@@ -396,7 +394,7 @@ def restore_into(
     (and its signature checked) by the caller. Without ``group``, this process alone reads
     every chunk its target needs (e.g. the whole of each tensor, into plain tensors)."""
     step = manifest.step
-    signed = signing_key is not None
+    verify, signed = read.verify, read.signed
     name = shards_index_file(item)
     if name not in manifest.files:
         raise CheckpointError(
@@ -422,14 +420,7 @@ def restore_into(
             )
     except BaseException as exc:
         _reraise(exc, rank, f"restore of step {step}")
-    others = read_item(
-        step_dir,
-        manifest,
-        item,
-        verify=verify,
-        weights_only=weights_only,
-        signing_key=signing_key,
-    )
+    others = read_item(step_dir, manifest, item, read)
     _, places = flatten_state_dict(target)
     for key, value in others.items():
         if key in places:

@@ -36,6 +36,7 @@ from alphatriangle.data.checkpoint._verified_files import close_data, open_data
 from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, TORCH_DTYPES, ArraySpec
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.full_restore import (
+    ReadOptions,
     decode_item,
     item_objects,
     read_item,
@@ -148,14 +149,12 @@ def restore_into(
     step_dir: Path,
     manifest: Manifest,
     item: str,
-    *,
-    verify: bool,
-    weights_only: bool | None,
-    signing_key: bytes | None,
+    read: ReadOptions,
 ) -> Any:
-    """Fill ``target`` from ``item`` of the step (see the module docstring); returns it."""
-    signed = signing_key is not None
-    index = read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    """Fill ``target`` from ``item`` of the step (see the module docstring); returns it.
+    Each array is filled where it is: a restore with a target has no ``map_location``."""
+    verify = read.verify
+    index = read_index(step_dir, manifest, item, verify=verify, signed=read.signed)
     where = _Where(step_dir, manifest.step, item)
     slots = [_Slot(p) for p in range(len(index.specs))]
     has_objects = objects_file(item) in manifest.files
@@ -163,19 +162,11 @@ def restore_into(
     stored = decode_item(step_dir, manifest, item, index.tree, arrays=slots, objects=placeholders)
     plan = _Plan(index.specs, where)
     plan.match(target, stored, item)
-    if weights_only:
+    if read.weights_only:
         refuse_objects(step_dir, manifest, item, index.tree)
-    if signed or (verify and any(index.checksums[p] is None for _, p in plan.fills)):
+    if read.signed or (verify and any(index.checksums[p] is None for _, p in plan.fills)):
         # The whole item, verified as a plain restore does, then copied in.
-        whole = read_item(
-            step_dir,
-            manifest,
-            item,
-            verify=verify,
-            weights_only=weights_only,
-            signing_key=signing_key,
-            mode="mmap",
-        )
+        whole = read_item(step_dir, manifest, item, read, mode="mmap")
         with torch.no_grad():
             return _set_leaves(target, whole, copy=True)
     data_path = step_dir / data_file(item)
@@ -185,9 +176,7 @@ def restore_into(
             fd, data_path, index, manifest.step, finish=lambda t, _: t, verify=verify
         )
         _fill(plan, index, arrays, verify=verify)
-        objects = item_objects(
-            step_dir, manifest, item, arrays, verify=verify, weights_only=weights_only
-        )
+        objects = item_objects(step_dir, manifest, item, arrays, read)
     finally:
         close_data(fd)
     values = decode_item(step_dir, manifest, item, index.tree, arrays=slots, objects=objects)

@@ -18,6 +18,7 @@ mapped.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,33 @@ from alphatriangle.data.checkpoint.tree import (
     unpickle_objects,
 )
 
-__all__ = ["check_item", "decode_item", "item_objects", "read_item", "refuse_objects"]
+__all__ = [
+    "ReadOptions",
+    "check_item",
+    "decode_item",
+    "item_objects",
+    "read_item",
+    "refuse_objects",
+]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How one restore reads, the same in every reader it goes through (built once per
+    restore): ``verify`` the checksums, ``weights_only`` (None: objects through the
+    allow-list; True: refused; False: unpickled as they are), the ``signing_key`` the
+    manifest's signature was checked with (a signed step is trusted), and ``map_location``
+    (``torch.load``'s meaning, see ``_devices.py``)."""
+
+    verify: bool = True
+    weights_only: bool | None = None
+    signing_key: bytes | None = None
+    map_location: Any = None
+
+    @property
+    def signed(self) -> bool:
+        """Whether the step's signature was verified (files then read by their digest)."""
+        return self.signing_key is not None
 
 
 def check_item(manifest: Manifest, item: str) -> None:
@@ -86,25 +113,18 @@ def refuse_objects(step_dir: Path, manifest: Manifest, item: str, tree: JsonTree
 
 
 def item_objects(
-    step_dir: Path,
-    manifest: Manifest,
-    item: str,
-    arrays: list[Any],
-    *,
-    verify: bool,
-    weights_only: bool | None,
-    signed: bool = False,
+    step_dir: Path, manifest: Manifest, item: str, arrays: list[Any], read: ReadOptions
 ) -> list[Any] | None:
     """Read and unpickle an item's objects; None when it has none. Through the allow-list
-    unless ``weights_only`` is False or the step's signature verified (``signed``): a
-    verified signature is trusted. An object that does not unpickle is reported as a corrupt
-    step naming the file (its cause chained), a refused global as
+    unless ``read.weights_only`` is False or the step's signature verified (``read.signed``):
+    a verified signature is trusted. An object that does not unpickle is reported as a
+    corrupt step naming the file (its cause chained), a refused global as
     :class:`UnsafeObjectError`."""
     name = objects_file(item)
     if name not in manifest.files:
         return None
-    restricted = weights_only is None and not signed
-    data = read_listed(step_dir, manifest, name, verify=verify, signed=signed)
+    restricted = read.weights_only is None and not read.signed
+    data = read_listed(step_dir, manifest, name, verify=read.verify, signed=read.signed)
     try:
         return unpickle_objects(data, arrays, restricted=restricted)
     except RefusedGlobal as refused:
@@ -120,30 +140,27 @@ def read_item(
     step_dir: Path,
     manifest: Manifest,
     item: str,
+    read: ReadOptions,
     *,
-    verify: bool = True,
-    map_location: Any = None,
-    weights_only: bool | None = None,
-    signing_key: bytes | None = None,
     mode: str = "mmap",
     pinned: PinnedChunks | None = None,
 ) -> Any:
-    """Rebuild one item's state tree (``manifest`` comes from ``read_manifest``, with the
-    same ``signing_key``); see the module docstring for ``mode`` and the order of the reads.
+    """Rebuild one item's state tree (``manifest`` comes from ``read_manifest``, with
+    ``read``'s signing key); see the module docstring for ``mode`` and the order of the reads.
 
     Raises :class:`CheckpointCorruptError` naming the file for any violation;
     :class:`WeightsOnlyError` naming where the objects sit when ``weights_only`` and the
     item holds pickled objects (nothing is unpickled)."""
     check_item(manifest, item)
-    map_location = DeviceMap.of(map_location)
-    signed = signing_key is not None
+    map_location = DeviceMap.of(read.map_location)
+    verify, signed = read.verify, read.signed
     data_name = data_file(item)
     # Mapped: the checksum pass over the data starts now and runs while the index is read.
     arena, digest = None, None
     if mode == "mmap":
         arena, digest = map_data(step_dir, manifest, data_name, verify=verify, signed=signed)
     index = read_index(step_dir, manifest, item, verify=verify, signed=signed)
-    if weights_only:
+    if read.weights_only:
         refuse_objects(step_dir, manifest, item, index.tree)
     if arena is None:
         arena = read_data(step_dir, manifest, data_name, verify=verify, signed=signed)
@@ -161,7 +178,5 @@ def read_item(
     for position, spec in enumerate(specs):
         if spec.view_of is not None:  # storages first: views are made of them
             arrays[position] = make_view(arrays[spec.view_of], spec)
-    objects = item_objects(
-        step_dir, manifest, item, arrays, verify=verify, signed=signed, weights_only=weights_only
-    )
+    objects = item_objects(step_dir, manifest, item, arrays, read)
     return decode_item(step_dir, manifest, item, index.tree, arrays=arrays, objects=objects)

@@ -26,6 +26,7 @@ from alphatriangle.data.checkpoint._verified_files import close_data, open_data
 from alphatriangle.data.checkpoint.arrays import ArraySpec
 from alphatriangle.data.checkpoint.errors import WeightsOnlyError
 from alphatriangle.data.checkpoint.full_restore import (
+    ReadOptions,
     check_item,
     decode_item,
     item_objects,
@@ -46,20 +47,15 @@ def read_selected(
     manifest: Manifest,
     item: str,
     select: Sequence[Selector],
-    *,
-    verify: bool = True,
-    map_location: Any = None,
-    weights_only: bool | None = None,
-    signing_key: bytes | None = None,
+    read: ReadOptions,
 ) -> dict[Any, Any]:
     """The selected subtrees of one item, as nested dicts along their paths: ``"model"`` is
     the top-level key ``model``, ``("optimizer", "state")`` a nested one, an int an index of
     a list (see the module docstring). Raises KeyError naming a path that the item does not
     have, and what ``read_item`` raises."""
     check_item(manifest, item)
-    map_location = DeviceMap.of(map_location)
-    signed = signing_key is not None
-    index = read_index(step_dir, manifest, item, verify=verify, signed=signed)
+    map_location = DeviceMap.of(read.map_location)  # checked before anything is read
+    index = read_index(step_dir, manifest, item, verify=read.verify, signed=read.signed)
     paths = [tuple(s) if isinstance(s, tuple) else (s,) for s in select]
     nodes = []
     for path in paths:
@@ -77,19 +73,11 @@ def read_selected(
     for position in list(needed):  # a view needs its storage
         if 0 <= position < len(index.specs) and index.specs[position].view_of is not None:
             needed.add(index.specs[position].view_of)  # type: ignore[arg-type]
-    if signed or (verify and any(index.checksums[i] is None for i in needed)):
-        whole = read_item(
-            step_dir,
-            manifest,
-            item,
-            verify=verify,
-            map_location=map_location,
-            weights_only=weights_only,
-            signing_key=signing_key,
-        )
+    if read.signed or (read.verify and any(index.checksums[i] is None for i in needed)):
+        whole = read_item(step_dir, manifest, item, read)
         return _assemble(paths, [_pick(whole, path) for path in paths])
     objects_name = objects_file(item)
-    if holds_objects and weights_only:
+    if holds_objects and read.weights_only:
         raise WeightsOnlyError(
             f"the selection holds pickled objects ({step_dir / objects_name}); "
             "weights_only=True refuses to unpickle them",
@@ -103,13 +91,11 @@ def read_selected(
         def finish(tensor: torch.Tensor, spec: ArraySpec) -> torch.Tensor:
             return finish_tensor(tensor, spec, map_location, step_dir, manifest.step)
 
-        arrays = ArrayReader(fd, data_path, index, manifest.step, finish=finish, verify=verify)
+        arrays = ArrayReader(fd, data_path, index, manifest.step, finish=finish, verify=read.verify)
         arrays.prefetch(needed)
         objects = None
         if holds_objects:
-            objects = item_objects(
-                step_dir, manifest, item, arrays, verify=verify, weights_only=weights_only
-            )
+            objects = item_objects(step_dir, manifest, item, arrays, read)
         values = [
             decode_item(step_dir, manifest, item, node, arrays=arrays, objects=objects)
             for node in nodes

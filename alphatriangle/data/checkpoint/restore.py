@@ -37,7 +37,7 @@ from alphatriangle.data.checkpoint.errors import (
     CheckpointNotFoundError,
     StepGoneError,
 )
-from alphatriangle.data.checkpoint.full_restore import read_item
+from alphatriangle.data.checkpoint.full_restore import ReadOptions, read_item
 from alphatriangle.data.checkpoint.layout import shards_index_file, step_dir_name
 from alphatriangle.data.checkpoint.locking import reader_lease, step_not_found
 from alphatriangle.data.checkpoint.manifest import Manifest, read_manifest
@@ -54,8 +54,7 @@ _RESTORE_ATTEMPTS = 16
 class RestoreRequest:
     """What one restore asks for (passed through its retries and fallbacks)."""
 
-    map_location: Any
-    weights_only: bool | None
+    read: ReadOptions
     select: list[Selector] | None
     item: str = "state"
     target: Any = None  # restore(target=...): filled in place
@@ -78,9 +77,14 @@ def restore_request(
         select = [select]  # one key, never read letter by letter
     if target is not None and (select is not None or map_location is not None):
         raise ValueError("target is filled where its tensors are: no select, no map_location")
+    read = ReadOptions(
+        verify=options.verify_on_restore,
+        weights_only=options.weights_only if weights_only is None else weights_only,
+        signing_key=options.signing_key,
+        map_location=DeviceMap(map_location),
+    )
     return RestoreRequest(
-        DeviceMap(map_location),
-        options.weights_only if weights_only is None else weights_only,
+        read,
         None if select is None else list(select),
         item,
         target,
@@ -98,10 +102,8 @@ def restore_step(
     """Steps 1-7 for one step directory. Raises :class:`StepGoneError` when the step went
     away before the lease held, :class:`CheckpointNotFoundError` when it has no such item,
     and what the readers raise."""
-    key = options.signing_key
-    verify = options.verify_on_restore
     with reader_lease(step_dir):
-        manifest = read_manifest(step_dir, step, signing_key=key)
+        manifest = read_manifest(step_dir, step, signing_key=request.read.signing_key)
         if request.item not in manifest.items:
             raise CheckpointNotFoundError(
                 f"step {step} holds no item {request.item!r} (it holds {list(manifest.items)})",
@@ -109,49 +111,22 @@ def restore_step(
                 step=step,
             )
         if shards_index_file(request.item) in manifest.files:  # saved by several ranks
-            return _restore_shards(step_dir, manifest, request, verify=verify, signing_key=key)
+            return _restore_shards(step_dir, manifest, request)
         if request.target is not None:
-            return restore_into(
-                request.target,
-                step_dir,
-                manifest,
-                request.item,
-                verify=verify,
-                weights_only=request.weights_only,
-                signing_key=key,
-            )
+            return restore_into(request.target, step_dir, manifest, request.item, request.read)
         if request.select is not None:
-            return read_selected(
-                step_dir,
-                manifest,
-                request.item,
-                request.select,
-                verify=verify,
-                map_location=request.map_location,
-                weights_only=request.weights_only,
-                signing_key=key,
-            )
+            return read_selected(step_dir, manifest, request.item, request.select, request.read)
         return read_item(
             step_dir,
             manifest,
             request.item,
-            verify=verify,
-            map_location=request.map_location,
-            weights_only=request.weights_only,
-            signing_key=key,
+            request.read,
             mode=options.restore_mode,
             pinned=pinned,
         )
 
 
-def _restore_shards(
-    step_dir: Path,
-    manifest: Manifest,
-    request: RestoreRequest,
-    *,
-    verify: bool,
-    signing_key: bytes | None,
-) -> Any:
+def _restore_shards(step_dir: Path, manifest: Manifest, request: RestoreRequest) -> Any:
     """An item saved by several ranks: DCP's planner fills the target's tensors (resharded to
     the layout they have now), collectively when the manager has a process group."""
     if request.target is None or request.select is not None:
@@ -171,9 +146,7 @@ def _restore_shards(
         request.target,
         group=None if ranks is None else ranks.foreground,  # the caller's thread
         rank=0 if ranks is None else ranks.rank,
-        verify=verify,
-        weights_only=request.weights_only,
-        signing_key=signing_key,
+        read=request.read,
     )
 
 
