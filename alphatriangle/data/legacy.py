@@ -9,14 +9,17 @@ runs you trust. A truncated or unreadable file raises ``CheckpointCorruptError``
 
 from __future__ import annotations
 
-import logging
 import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 from alphatriangle.config import PersistenceConfig
-from alphatriangle.data.checkpoint import CheckpointCorruptError, CheckpointNotFoundError
+from alphatriangle.data.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    newest_intact,
+)
 from alphatriangle.data.schemas import BufferData, CheckpointData
 
 __all__ = [
@@ -25,8 +28,6 @@ __all__ = [
     "load_legacy_checkpoint",
     "load_legacy_checkpoint_dir",
 ]
-
-logger = logging.getLogger(__name__)
 
 _STEP_FILE = re.compile(r"^checkpoint_step_(\d+)\.pkl$")
 
@@ -102,19 +103,21 @@ def load_legacy_checkpoint_dir(
         raise CheckpointNotFoundError(
             f"no 1.0.0 checkpoint in {checkpoint_dir}", path=checkpoint_dir
         )
-    errors = []
-    for path in files:
-        try:
-            data = load_legacy_checkpoint(path)
-        except CheckpointCorruptError as exc:
-            logger.error("skipping unreadable 1.0.0 checkpoint %s: %s", path, exc)
-            errors.append(exc)
-            continue
-        if errors:
-            logger.error("loaded %s, the newest readable 1.0.0 checkpoint of the run", path)
-        return data, path
-    raise CheckpointCorruptError(
-        f"no 1.0.0 checkpoint of {checkpoint_dir} is readable: "
-        + "; ".join(str(e) for e in errors),
-        path=checkpoint_dir,
+
+    def none_readable(errors: list[CheckpointCorruptError]) -> CheckpointCorruptError:
+        return CheckpointCorruptError(
+            f"no 1.0.0 checkpoint of {checkpoint_dir} is readable: "
+            + "; ".join(str(e) for e in errors),
+            path=checkpoint_dir,
+        )
+
+    found = newest_intact(
+        files,
+        load_legacy_checkpoint,
+        skipped="skipping unreadable 1.0.0 checkpoint %s: %s",
+        found="loaded %s, the newest readable 1.0.0 checkpoint of the run",
+        none_intact=none_readable,
     )
+    assert found is not None  # files is not empty: one loads, or none_readable is raised
+    path, data = found
+    return data, path

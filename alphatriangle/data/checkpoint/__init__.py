@@ -4,7 +4,9 @@ Python objects. It knows nothing of alphatriangle (nothing outside this package 
 See ``alphatriangle/data/checkpoint/README.md`` for the format, the guarantees and the API.
 """
 
+from alphatriangle.data.checkpoint import retention, save_decision
 from alphatriangle.data.checkpoint._chunks import step_usage
+from alphatriangle.data.checkpoint._fallback import newest_intact
 from alphatriangle.data.checkpoint._safe_unpickling import add_safe_globals, safe_globals
 from alphatriangle.data.checkpoint._upload_ledger import read_upload_status
 from alphatriangle.data.checkpoint.commit import fsync_dir, write_file_atomically
@@ -28,38 +30,13 @@ from alphatriangle.data.checkpoint.layout import (
 from alphatriangle.data.checkpoint.locking import is_checkpoint_directory
 from alphatriangle.data.checkpoint.manager import CheckpointManager
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
-from alphatriangle.data.checkpoint.retention import (
-    AllOf,
-    AnyOf,
-    KeepAll,
-    KeepBest,
-    KeepEvery,
-    KeepInterval,
-    KeepLatest,
-    KeepRecent,
-    RetentionPolicy,
-    StepInfo,
-)
-from alphatriangle.data.checkpoint.save_decision import (
-    AllSave,
-    AnySave,
-    SaveContext,
-    SaveEvery,
-    SaveInitial,
-    SaveInterval,
-    SaveOnSteps,
-    SavePolicy,
-    SaveWhen,
-)
+from alphatriangle.data.checkpoint.retention import *  # noqa: F403 (its __all__, below)
+from alphatriangle.data.checkpoint.save_decision import *  # noqa: F403 (its __all__, below)
 from alphatriangle.data.checkpoint.sync import MlflowSyncOptions, UploadStatus
 from alphatriangle.data.checkpoint.writer import SaveHandle
 
 __all__ = [
     "DEFAULT_ITEM",
-    "AllOf",
-    "AllSave",
-    "AnyOf",
-    "AnySave",
     "ArrayMetadata",
     "CheckpointCorruptError",
     "CheckpointError",
@@ -67,32 +44,18 @@ __all__ = [
     "CheckpointManagerOptions",
     "CheckpointNotFoundError",
     "CheckpointSignatureError",
-    "KeepAll",
-    "KeepBest",
-    "KeepEvery",
-    "KeepInterval",
-    "KeepLatest",
-    "KeepRecent",
     "LockTimeoutError",
     "MlflowSyncOptions",
     "PickledObject",
-    "RetentionPolicy",
-    "SaveContext",
-    "SaveEvery",
     "SaveHandle",
-    "SaveInitial",
-    "SaveInterval",
-    "SaveOnSteps",
-    "SavePolicy",
-    "SaveWhen",
     "StepExistsError",
-    "StepInfo",
     "UnsafeObjectError",
     "UploadStatus",
     "WeightsOnlyError",
     "add_safe_globals",
     "fsync_dir",
     "is_checkpoint_directory",
+    "newest_intact",
     "objects_file",
     "read_upload_status",
     "safe_globals",
@@ -101,3 +64,6 @@ __all__ = [
     "step_usage",
     "write_file_atomically",
 ]
+# The policies are listed once, where they are defined.
+__all__ += retention.__all__
+__all__ += save_decision.__all__

@@ -40,7 +40,6 @@ __all__ = [
     "KeepRecent",
     "RetentionPolicy",
     "StepInfo",
-    "best_of",
 ]
 
 
