@@ -1,12 +1,17 @@
-"""Incremental data files: an item's data stored as fixed-size parts, each part equal to one
-of the previous step's hard-linked instead of written again.
+"""Incremental data files: an item's data stored as parts, each part equal to one of the
+previous step's hard-linked instead of written again.
 
 Concern: the bytes of an item's data file (``<item>.data``, every array of the item at its
-offset) as the parts ``<item>.data.000000``, ``<item>.data.000001``... of
-:data:`CHUNK_BYTES` each (the last one shorter), at fixed offsets of the file. Rows appended
-to a column, or a few priorities updated, change only the parts they land in; every other
-part has the content of a part of the newest committed step, found by its digest, and is
-made a hard link to that file: its bytes are stored once, whatever number of steps share it.
+offset) as the parts ``<item>.data.000000``, ``<item>.data.000001``..., cut where the arrays
+lie (:func:`plan_spans`): an array of at least 8 MiB is cut into parts of 1/32 of its size
+rounded down to a power of two, between 256 KiB and 2 MiB (:func:`part_size`), starting at a
+multiple of its part size (staging places it so); smaller arrays are packed together and
+cut every 256 KiB. Rows appended to a column, or a few priorities updated, change only the
+parts they land in (a changed range costs at most its own bytes and two parts: 1/16 of its
+array); every other part has the content of a part of the newest committed step, found by
+its digest, and is made a hard link to that file: its bytes are stored once, whatever number
+of steps share it. Arrays of 64 MiB and more get 2 MiB parts on 2 MiB boundaries: the page
+cache holds such a part in one 2 MiB folio that a mapping takes with one page-table entry.
 
 Why hard links rather than a store of chunks shared by name: every step directory stays
 complete on its own (its files are its parts: copying, verifying, deleting, leasing or
@@ -27,11 +32,12 @@ Guarantees:
   directory entry of it: the commit's fsync of that directory makes both durable;
 - reading maps the parts side by side into one contiguous copy-on-write region
   (:func:`map_parts`: no copy, as a whole data file is mapped), or reads them
-  (:func:`read_parts`, :class:`PartedFile` for ranges).
+  (:func:`read_parts`, :class:`PartedFile` for ranges). A reader takes the parts' sizes from
+  the manifest (whole pages but the last): steps cut by another plan read alike.
 Cost: one xxh3-128 pass (SHA-256 when signed) over the data at save to find the shared
 parts, one write, fsync and checksum per new part, one ``link`` per shared part; at restore,
-a ``mmap`` and a ``mincore`` call per part, and a page fault per 64 KiB where a whole file
-in the page cache's 2 MiB folios takes one per 2 MiB (the engine README has the figures).
+a ``mmap`` and a ``mincore`` call per part, and a page fault per 2 MiB part but per 64 KiB
+of a smaller one (the engine README has the figures).
 """
 
 from __future__ import annotations
@@ -58,36 +64,79 @@ from alphatriangle.data.checkpoint.errors import CheckpointError, corrupt_file
 from alphatriangle.data.checkpoint.signing import FILE_DIGEST, ChunkedDigest
 
 __all__ = [
-    "CHUNK_BYTES",
+    "MAX_PART",
+    "MIN_PART",
     "PART_DIGEST",
     "PartedFile",
     "WrittenParts",
-    "chunk_spans",
+    "is_parted",
     "listed_parts",
     "map_parts",
     "open_listed",
     "open_regular",
     "part_names",
+    "part_size",
     "parted_problem",
     "parts_of",
+    "plan_spans",
     "read_parts",
     "shareable_parts",
     "step_usage",
     "write_parts",
 ]
 
-CHUNK_BYTES = 1 << 20  # 1 MiB: see the engine README ("Incremental saves") for the choice
+MIN_PART = 256 << 10  # packed small arrays; see the engine README ("Incremental saves")
+MAX_PART = 2 << 20  # a huge page: one page-table entry maps such a part on such a boundary
+PARTS_PER_ARRAY = 32  # an array's parts: a changed range costs at most 2/32 of its array
 PART_DIGEST = "xxh3_128"  # what identifies a part for sharing, without a signing key
+PART_ALIGNMENT = 4096  # every part but a file's last: whole pages of 4 KiB
 _PAGE = mmap.PAGESIZE
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
 _PART_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.[0-9]{6}$")
 
 
-def chunk_spans(nbytes: int, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
-    """``(offset, size)`` of each part of a file of ``nbytes`` bytes."""
-    if nbytes < 0 or chunk_bytes <= 0 or chunk_bytes % _PAGE:
-        raise ValueError(f"bad chunking: {nbytes} bytes in parts of {chunk_bytes}")
-    return [(start, min(chunk_bytes, nbytes - start)) for start in range(0, nbytes, chunk_bytes)]
+def is_parted(incremental: bool | frozenset[str], item: str) -> bool:
+    """Whether ``item``'s data file is written as parts, given the ``incremental`` option
+    (every item, or the items named)."""
+    return incremental is True or (isinstance(incremental, frozenset) and item in incremental)
+
+
+def part_size(nbytes: int) -> int | None:
+    """The part size of an array of ``nbytes`` in a data file written as parts: 1/32 of it
+    rounded down to a power of two, between :data:`MIN_PART` and :data:`MAX_PART`; None for
+    an array under 32 * MIN_PART (8 MiB), packed with its neighbours instead. The array
+    starts at a multiple of its part size (``staging`` places it so)."""
+    if nbytes < PARTS_PER_ARRAY * MIN_PART:
+        return None
+    return min(MAX_PART, 1 << ((nbytes // PARTS_PER_ARRAY).bit_length() - 1))
+
+
+def _page_ceil(offset: int) -> int:
+    return -(-offset // PART_ALIGNMENT) * PART_ALIGNMENT
+
+
+def plan_spans(nbytes: int, arrays: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(offset, size)`` of each part of a data file of ``nbytes`` whose arrays lie at
+    ``arrays`` (offset, size): each array with a :func:`part_size` (at a multiple of it) in
+    parts of that size, its last part running to the next page; the stretches between in
+    parts of :data:`MIN_PART`. Every part but the last is whole pages."""
+    cuts: dict[int, int] = {}  # the start of each big array's part: its end
+    for offset, size in sorted(arrays):
+        part = part_size(size)
+        if part is None or offset % part or offset + size > nbytes:
+            continue  # packed (an array placed otherwise is packed too)
+        for start in range(offset, offset + size, part):
+            cuts[start] = start + part if start + part < offset + size else offset + size
+    spans: list[tuple[int, int]] = []
+    position = 0
+    for start in [*sorted(cuts), nbytes]:
+        if start < position:
+            continue  # arrays that overlap: the first one's parts hold both
+        spans += [(at, min(MIN_PART, start - at)) for at in range(position, start, MIN_PART)]
+        if start < nbytes:
+            position = min(_page_ceil(cuts[start]), nbytes)
+            spans.append((start, position - start))
+    return spans
 
 
 def part_names(data_name: str, count: int) -> list[str]:
@@ -100,7 +149,7 @@ def parted_problem(
 ) -> str | None:
     """What is wrong with a manifest's ``parted`` table (data file name: its size, digests
     and number of parts), given its ``files``; None when each data file's parts are listed,
-    in order, whole chunks but the last, adding up to its size."""
+    in order, whole pages but the last, adding up to its size."""
     if not isinstance(parted, dict):
         return "parted is not an object"
     for name, entry in parted.items():
@@ -112,16 +161,19 @@ def parted_problem(
             value = entry.get(digest)
             if value is not None and not (isinstance(value, str) and pattern.match(value)):
                 return f"the parted entry of {name!r:.100} has no valid {digest}"
-        spans = chunk_spans(size)
-        if len(spans) != count:
-            return f"{name} of {size} bytes cannot have {count} parts"
-        for part, (_, expected) in zip(part_names(name, count), spans, strict=True):
-            listed = files.get(part)
-            if not isinstance(listed, dict) or listed.get("size") != expected:
-                return f"{name}: its part {part} is not listed with {expected} bytes"
+        total = 0
+        for index, part in enumerate(part_names(name, count)):
+            listed: Any = files.get(part)
+            bytes_: Any = listed.get("size") if isinstance(listed, dict) else None
+            last = index == count - 1
+            if not (is_int(bytes_) and bytes_ > 0 and (last or bytes_ % PART_ALIGNMENT == 0)):
+                return f"{name}: its part {part} is not listed with a size in whole pages"
             value = listed.get(PART_DIGEST)
             if not (isinstance(value, str) and _HEX128.match(value)):
                 return f"the entry of {part} has no valid {PART_DIGEST}"
+            total += bytes_
+        if total != size:
+            return f"{name} of {size} bytes is not the sum of its {count} parts"
         if name in files:
             return f"{name} is listed both whole and in parts"
     return None
@@ -201,12 +253,14 @@ def write_parts(
     shareable: Mapping[str, tuple[Path, Mapping[str, Any]]],
     *,
     signed: bool,
+    arrays: Sequence[tuple[int, int]] = (),
 ) -> WrittenParts:
     """Write ``data`` as the parts of ``data_name`` into ``directory`` (a temporary step
-    directory), linking each part whose digest ``shareable`` holds (see
-    :func:`shareable_parts`). Every file is fsynced before this returns."""
+    directory), cut where its ``arrays`` (offset, size) lie (:func:`plan_spans`), linking
+    each part whose digest ``shareable`` holds (see :func:`shareable_parts`). Every file is
+    fsynced before this returns."""
     view = memoryview(data).cast("B")
-    spans = chunk_spans(view.nbytes)
+    spans = plan_spans(view.nbytes, arrays)
     entries: dict[str, dict[str, Any]] = {}
     written = 0
     for name, (offset, size) in zip(part_names(data_name, len(spans)), spans, strict=True):
@@ -326,17 +380,25 @@ def map_parts(
 ) -> np.ndarray[Any, np.dtype[np.uint8]]:
     """The parts side by side as one writable copy-on-write array: each part file mapped in
     place over its own range of one reserved region (no copy; the region, and every part's
-    mapping, is released when the last view of the array goes). Every part but the last
-    must be whole pages. Without ``MAP_FIXED`` (not Linux), the parts are read instead."""
+    mapping, is released when the last view of the array goes). The region starts on a
+    2 MiB boundary, so that a 2 MiB part at a 2 MiB offset maps with one page-table entry.
+    Without ``MAP_FIXED`` (not Linux), or with parts that are not whole pages of this
+    machine, the parts are read instead."""
     total = sum(size for _, size in parts)
-    if _mmap_fixed is None or _mincore is None or total == 0:
+    if (
+        _mmap_fixed is None
+        or _mincore is None
+        or total == 0
+        or any(size % _PAGE for _, size in parts[:-1])
+    ):
         out = np.empty(total, dtype=np.uint8)
         read_parts(parts, out, step)
         return out
-    if any(size % _PAGE for _, size in parts[:-1]):
-        raise CheckpointError("parts mapped in place must be whole pages but the last")
-    region = mmap.mmap(-1, -(-total // _PAGE) * _PAGE, flags=mmap.MAP_PRIVATE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    room = -(-total // _PAGE) * _PAGE
+    region = mmap.mmap(-1, room + MAX_PART, flags=mmap.MAP_PRIVATE)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    skip = -start % MAX_PART
+    base = start + skip
     resident = ctypes.c_ubyte()
     offset = 0
     for path, size in parts:
@@ -362,9 +424,9 @@ def map_parts(
         if _mincore(address + length - _PAGE, _PAGE, ctypes.byref(resident)) or not (
             resident.value & 1
         ):
-            region.madvise(mmap.MADV_WILLNEED, offset, length)
+            region.madvise(mmap.MADV_WILLNEED, skip + offset, length)
         offset += size
-    return np.frombuffer(region, dtype=np.uint8, count=total)
+    return np.frombuffer(region, dtype=np.uint8, count=total, offset=skip)
 
 
 def step_usage(step_dir: Path) -> tuple[int, int]:

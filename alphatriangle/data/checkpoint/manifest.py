@@ -64,7 +64,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = "alphatriangle-checkpoint"
-FORMAT_VERSION = 3  # 2: compact dict nodes ("da", "oda"); 3: data files in parts ("parted")
+FORMAT_VERSION = 4  # 2: compact dict nodes ("da", "oda"); 3: data files in 1 MiB parts
+# ("parted"); 4: parts cut where the arrays lie (sizes in whole pages, each listed)
 MAX_MANIFEST_BYTES = 64 << 20
 
 

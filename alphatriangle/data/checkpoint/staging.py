@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alphatriangle.data.checkpoint._chunks import part_size
 from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
 from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, ArraySpec, is_array_leaf
 from alphatriangle.data.checkpoint.tree import JsonTree, TreeEncoder
@@ -265,11 +266,12 @@ def _shared_storages(leaves: list[Any]) -> list[_SharedStorage]:
 
 
 def _layout(
-    leaves: list[Any], groups: list[_SharedStorage]
+    leaves: list[Any], groups: list[_SharedStorage], *, parted: bool
 ) -> tuple[list[ArraySpec], list[int], int]:
     """The specs of the leaves (views for those in a shared storage) followed by one spec
     per shared storage; which source each data entry copies (a leaf index, or ``-1 - g``
-    for storage ``g``); the data size."""
+    for storage ``g``); the data size. For a data file written as ``parted``, an array
+    with a part size starts at a multiple of it (``_chunks.part_size``)."""
     in_group = {leaf: g for g, group in enumerate(groups) for leaf in group.leaves}
     specs: list[ArraySpec] = []
     sources: list[int] = []
@@ -277,7 +279,8 @@ def _layout(
 
     def place(spec: ArraySpec) -> ArraySpec:
         nonlocal offset
-        offset = -(-offset // ALIGNMENT) * ALIGNMENT
+        alignment = (part_size(spec.nbytes) if parted else None) or ALIGNMENT
+        offset = -(-offset // alignment) * alignment
         placed = dataclasses.replace(spec, offset=offset)
         offset += spec.nbytes
         return placed
@@ -342,6 +345,7 @@ class _StagingLayout:
     have the same signature, so that a state of many small tensors is placed once."""
 
     signature: tuple[list[Any], ...]
+    parted: bool
     specs: list[ArraySpec]
     nbytes: int
     groups: list[_SharedStorage]
@@ -350,9 +354,9 @@ class _StagingLayout:
     cpu_tensors: list[int] | None  # entries copied with one batched call; None: all of them
     others: list[int]  # numpy arrays and CUDA tensors, copied one by one
 
-    def fits(self, leaves: list[Any]) -> bool:
+    def fits(self, leaves: list[Any], *, parted: bool) -> bool:
         """Whether ``leaves`` can be staged with this placement."""
-        if self.signature != _signature(leaves):
+        if self.parted != parted or self.signature != _signature(leaves):
             return False
         # Tensors that shared a storage must still share it, the same way. (Tensors that
         # came to share one since keep being copied apart until the placement changes.)
@@ -364,9 +368,9 @@ class _StagingLayout:
         return [leaves[i] if i >= 0 else self.groups[-1 - i].source(leaves) for i in self.sources]
 
 
-def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
+def _plan(leaves: list[Any], buffer: HostBuffer, *, parted: bool) -> _StagingLayout:
     groups = _shared_storages(leaves)
-    specs, sources, nbytes = _layout(leaves, groups)
+    specs, sources, nbytes = _layout(leaves, groups, parted=parted)
     data_specs = [s for s in specs if s.view_of is None]
     needs_pinned = any(
         isinstance(leaf, torch.Tensor) and leaf.device.type == "cuda" for leaf in leaves
@@ -395,6 +399,7 @@ def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
     identity = not groups
     return _StagingLayout(
         signature,
+        parted,
         specs,
         nbytes,
         groups,
@@ -405,9 +410,10 @@ def _plan(leaves: list[Any], buffer: HostBuffer) -> _StagingLayout:
     )
 
 
-def stage_state(state: object, buffer: HostBuffer) -> StagedState:
+def stage_state(state: object, buffer: HostBuffer, *, parted: bool = False) -> StagedState:
     """Capture ``state`` into ``buffer``; when this returns, later changes to ``state`` (in
-    place or not, on any device) do not change what is captured.
+    place or not, on any device) do not change what is captured. ``parted``: the data
+    file will be written as parts (incremental saves): large arrays start where parts do.
 
     A save whose leaves have the same types, dtypes, shapes and devices as the buffer's
     previous save reuses its placement: no allocation, no per-leaf bookkeeping, CPU tensors
@@ -419,12 +425,12 @@ def stage_state(state: object, buffer: HostBuffer) -> StagedState:
     encoder, tree, objects = _encoded(state, compact=True)
     leaves = encoder.leaves
     layout = buffer.staging_layout
-    if layout is None or not layout.fits(leaves):
+    if layout is None or not layout.fits(leaves, parted=parted):
         if encoder.compacted and not all(map(is_array_leaf, leaves)):
             # A compact dict node took a leaf that must be pickled instead: encode again.
             encoder, tree, objects = _encoded(state, compact=False)
             leaves = encoder.leaves
-        layout = buffer.staging_layout = _plan(leaves, buffer)
+        layout = buffer.staging_layout = _plan(leaves, buffer, parted=parted)
     _copy_leaves(layout.data_sources(leaves), layout)
     return StagedState(
         tree=tree, arrays=layout.specs, objects=objects, buffer=buffer, nbytes=layout.nbytes

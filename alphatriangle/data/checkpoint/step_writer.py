@@ -33,7 +33,7 @@ from typing import Any
 
 import xxhash
 
-from alphatriangle.data.checkpoint._chunks import shareable_parts, write_parts
+from alphatriangle.data.checkpoint._chunks import is_parted, shareable_parts, write_parts
 from alphatriangle.data.checkpoint._fields import CHECKSUM, canonical
 from alphatriangle.data.checkpoint._verified_files import HashThread
 from alphatriangle.data.checkpoint.catalog import StepCatalog
@@ -191,7 +191,9 @@ def _write_parted(
     view = memoryview(file.data).cast("B")
     hashes = _Hashes(file, view, signed=signed, threaded=True)
     try:
-        parts = write_parts(directory, file.name, view, shareable, signed=signed)
+        parts = write_parts(
+            directory, file.name, view, shareable, signed=signed, arrays=file.regions
+        )
     finally:
         hashes.finish()
     return parts.entries, hashes.entry(parts=len(parts.entries))
@@ -244,7 +246,7 @@ def write_step_files(
     data files are written as parts, those equal to a part of the newest step linked
     (``_chunks.py``). Returns the manifest written."""
     signed = signing_key is not None
-    parted_items = set(items) if incremental is True else set(incremental or ()) & set(items)
+    parted_items = {name for name in items if is_parted(incremental, name)}
     shareable = None
     if parted_items and catalog is not None:
         shareable = previous_parts(catalog, parted_items, signing_key)

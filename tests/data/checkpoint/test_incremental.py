@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from alphatriangle.data import (
 )
 from alphatriangle.data.checkpoint import step_usage
 
-ROWS = 4096  # 4096 rows of 1 KiB: a column of 4 MiB, four parts
+ROWS = 4096  # 4096 rows of 1 KiB: a column of 4 MiB, packed in sixteen 256 KiB parts
 
 
 class Buffer:
@@ -76,7 +77,8 @@ def test_a_save_writes_what_changed_and_each_step_restores_on_its_own(tmp_path: 
         first_total = sum(step_usage(_step_dir(tmp_path, 4)))
         for step in (5, 6):
             own, shared = step_usage(_step_dir(tmp_path, step))
-            assert own < 0.5 * first_total and shared > 0.5 * first_total  # two parts of five
+            # 50 new rows and 16 priorities: three parts of seventeen, and the small files
+            assert own < 0.2 * first_total and shared > 0.8 * first_total
         for step in (4, 5, 6):
             assert_tree_equal(manager.restore(step), saved[step])
             selected = manager.restore(step, select=["rows"])
@@ -94,6 +96,27 @@ def test_a_save_writes_what_changed_and_each_step_restores_on_its_own(tmp_path: 
         assert_tree_equal(manager.restore(6), saved[6])
     with CheckpointManager(tmp_path, _options(restore_mode="copy", read_only=True)) as reader:
         assert_tree_equal(reader.restore(6), saved[6])
+
+
+def test_large_arrays_start_where_their_parts_do(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    column = rng.random((16 << 20) // 4, dtype=np.float32)  # 16 MiB: parts of 512 KiB
+    state = {"head": np.arange(300), "column": column, "tail": torch.arange(7.0)}
+    with CheckpointManager(tmp_path, _options(retention=KeepAll())) as manager:
+        manager.save(1, state)
+        column[100_000:100_050] = -1.0  # 200 bytes inside one part
+        state["tail"] += 1
+        manager.save(2, state)
+        manager.wait_until_finished()
+        files = manager.metadata(2)["files"]
+        index = json.loads((_step_dir(tmp_path, 2) / "state.index.json").read_bytes())
+        offset = next(a["offset"] for a in index["arrays"] if a["nbytes"] == column.nbytes)
+        assert offset % (512 << 10) == 0
+        sizes = [files[name]["size"] for name in sorted(files) if ".data." in name]
+        assert sizes.count(512 << 10) == 32
+        own, shared = step_usage(_step_dir(tmp_path, 2))
+        assert shared >= 31 * (512 << 10) and own < 3 * (512 << 10)
+        assert_tree_equal(manager.restore(2), state)
 
 
 @pytest.mark.parametrize("key", [None, b"k" * 32])
