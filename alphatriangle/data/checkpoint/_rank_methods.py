@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alphatriangle.data.checkpoint._chunks import is_parted
 from alphatriangle.data.checkpoint.commit import sweep_leftovers
 from alphatriangle.data.checkpoint.staging import StagedState, stage_state
 
@@ -82,7 +83,12 @@ class RankMethods:
         """1) stage ``trees`` into ``slot``; the job that writes and commits them. With a
         process group, a failure to stage is raised by the job, on every rank."""
         if self._ranks is None:
-            staged = {name: stage_state(tree, slot.buffer(name)) for name, tree in trees.items()}
+            staged = {
+                name: stage_state(
+                    tree, slot.buffer(name), parted=is_parted(self.options.incremental, name)
+                )
+                for name, tree in trees.items()
+            }
             return functools.partial(self._write_step, info, staged, replace)
         by_rank = self._ranks.stage(info.step, trees, slot.buffer)
         return functools.partial(self._write_ranks, info, by_rank, replace)
