@@ -79,6 +79,7 @@ class PersistenceConfig(ConfigBase):
     KEEP_EVERY_STEPS: int | None = Field(default=None, ge=1)
     MAX_PENDING_SAVES: int = Field(default=1, ge=1, le=64)
     RESTORE_MODE: Literal["mmap", "copy"] = "mmap"  # see CheckpointManagerOptions.restore_mode
+    INCREMENTAL_BUFFER_SAVES: bool = True  # the buffer in parts shared with the previous step
     ON_FULL: Literal["wait", "skip"] = "wait"
     MLFLOW_SYNC: bool = True
     MLFLOW_TRACKING_URI_OVERRIDE: str | None = None

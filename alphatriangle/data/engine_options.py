@@ -73,7 +73,7 @@ def writer_options(
         best_metric=persist.BEST_METRIC,
         best_mode=persist.BEST_MODE,
         mlflow=_sync(persist, run_name),
-        incremental=frozenset({BUFFER_ITEM}),
+        incremental=frozenset({BUFFER_ITEM}) if persist.INCREMENTAL_BUFFER_SAVES else False,
     )
 
 

@@ -47,3 +47,25 @@ def test_a_buffer_save_writes_what_changed_and_resumes_exactly(tmp_path: Path) -
         {k: v for k, v in again.buffer.state_dict().items() if k != "rng"},
         {k: v for k, v in parts.buffer.state_dict().items() if k != "rng"},
     )
+
+
+def test_incremental_buffer_saves_can_be_turned_off(tmp_path: Path) -> None:
+    train = make_train(BUFFER_CAPACITY=2_000, CHECKPOINT_SAVE_FREQ_STEPS=5)
+    persist = make_persist(tmp_path, BUFFER_SAVE_FREQ_STEPS=5, INCREMENTAL_BUFFER_SAVES=False)
+    parts = Parts(train)
+    parts.fill(2_000, seed=2)
+    with DataManager(persist, train) as dm:
+        save_step(dm, parts, 5).result(timeout=60)
+        parts.train_step(6)
+        second = save_step(dm, parts, 10).result(timeout=60)
+        dm.wait_until_finished()
+    assert (second / "buffer.data").is_file()  # whole, as every item without parts
+    assert not list(second.glob("buffer.data.*")) and step_usage(second)[1] == 0
+    again = Parts(train, seed=5)
+    with DataManager(persist, train) as dm:
+        loaded = dm.load_initial_state()
+        DataManager.apply_loaded_state(loaded, again.nn, again.optimizer, buffer=again.buffer)
+    assert_tree_equal(
+        {k: v for k, v in again.buffer.state_dict().items() if k != "rng"},
+        {k: v for k, v in parts.buffer.state_dict().items() if k != "rng"},
+    )
