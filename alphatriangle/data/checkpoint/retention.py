@@ -24,10 +24,12 @@ keep the rest).
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from alphatriangle.data.checkpoint._composition import Composable, Composition
 
 __all__ = [
     "AllOf",
@@ -53,8 +55,9 @@ class StepInfo:
     items: frozenset[str] = frozenset()  # the items the step holds, when known
 
 
-class RetentionPolicy(ABC):
-    """Decides which committed steps to keep. Subclasses are frozen dataclasses."""
+class RetentionPolicy(Composable["AnyOf", "AllOf"], family="retention policy"):
+    """Decides which committed steps to keep. Subclasses are frozen dataclasses; ``|`` and
+    ``&`` compose them (``_composition.py``)."""
 
     @abstractmethod
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
@@ -63,21 +66,6 @@ class RetentionPolicy(ABC):
     def parts(self) -> Iterator[RetentionPolicy]:
         """This policy and, for compositions, every policy inside it."""
         yield self
-
-    def __or__(self, other: RetentionPolicy) -> AnyOf:
-        return AnyOf(_flatten(AnyOf, self, other))
-
-    def __and__(self, other: RetentionPolicy) -> AllOf:
-        return AllOf(_flatten(AllOf, self, other))
-
-
-def _flatten(kind: type[AnyOf | AllOf], *policies: RetentionPolicy) -> tuple[RetentionPolicy, ...]:
-    flat: list[RetentionPolicy] = []
-    for policy in policies:
-        if not isinstance(policy, RetentionPolicy):
-            raise TypeError(f"cannot compose a retention policy with {policy!r}")
-        flat.extend(policy.policies if isinstance(policy, kind) else (policy,))
-    return tuple(flat)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -222,7 +210,7 @@ class KeepRecent(RetentionPolicy):
 
 
 @dataclass(frozen=True)
-class _Composition(RetentionPolicy):
+class _Composition(RetentionPolicy, Composition):
     policies: tuple[RetentionPolicy, ...]
 
     def __post_init__(self) -> None:
@@ -235,7 +223,7 @@ class _Composition(RetentionPolicy):
 
 
 @dataclass(frozen=True)
-class AnyOf(_Composition):
+class AnyOf(_Composition, joins="|"):
     """Keep a step if any part keeps it (built by ``|``)."""
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:
@@ -246,7 +234,7 @@ class AnyOf(_Composition):
 
 
 @dataclass(frozen=True)
-class AllOf(_Composition):
+class AllOf(_Composition, joins="&"):
     """Keep a step only if every part keeps it (built by ``&``)."""
 
     def keep(self, steps: Sequence[StepInfo], now: float) -> set[int]:

@@ -12,9 +12,11 @@ Orbax's save-decision policies and Lightning's ``every_n_train_steps`` /
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from alphatriangle.data.checkpoint._composition import Composable, Composition
 
 __all__ = [
     "AllSave",
@@ -41,26 +43,12 @@ class SaveContext:
     last_time: float | None
 
 
-class SavePolicy(ABC):
-    """Decides whether a step is due. Subclasses are frozen dataclasses."""
+class SavePolicy(Composable["AnySave", "AllSave"], family="save policy"):
+    """Decides whether a step is due. Subclasses are frozen dataclasses; ``|`` and ``&``
+    compose them (``_composition.py``)."""
 
     @abstractmethod
     def should_save(self, context: SaveContext) -> bool: ...
-
-    def __or__(self, other: SavePolicy) -> AnySave:
-        return AnySave(_flatten(AnySave, self, other))
-
-    def __and__(self, other: SavePolicy) -> AllSave:
-        return AllSave(_flatten(AllSave, self, other))
-
-
-def _flatten(kind: type[AnySave | AllSave], *policies: SavePolicy) -> tuple[SavePolicy, ...]:
-    flat: list[SavePolicy] = []
-    for policy in policies:
-        if not isinstance(policy, SavePolicy):
-            raise TypeError(f"cannot compose a save policy with {policy!r}")
-        flat.extend(policy.policies if isinstance(policy, kind) else (policy,))
-    return tuple(flat)
 
 
 @dataclass(frozen=True)
@@ -127,20 +115,17 @@ class SaveWhen(SavePolicy):
 
 
 @dataclass(frozen=True)
-class AnySave(SavePolicy):
+class _Composition(SavePolicy, Composition):
+    policies: tuple[SavePolicy, ...]
+
+    def should_save(self, context: SaveContext) -> bool:
+        answers = (p.should_save(context) for p in self.policies)
+        return all(answers) if self.operator == "&" else any(answers)
+
+
+class AnySave(_Composition, joins="|"):
     """Due when any part is (built by ``|``)."""
 
-    policies: tuple[SavePolicy, ...]
 
-    def should_save(self, context: SaveContext) -> bool:
-        return any(p.should_save(context) for p in self.policies)
-
-
-@dataclass(frozen=True)
-class AllSave(SavePolicy):
+class AllSave(_Composition, joins="&"):
     """Due only when every part is (built by ``&``)."""
-
-    policies: tuple[SavePolicy, ...]
-
-    def should_save(self, context: SaveContext) -> bool:
-        return all(p.should_save(context) for p in self.policies)
