@@ -33,7 +33,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,7 @@ def _write_regions(path: Path, views: list[memoryview], *, signed: bool) -> _Fil
     return digests
 
 
+@dataclass(eq=False)
 class RankWriter(StorageWriter):
     """One rank's writer of one item (see the module docstring for the order of the calls).
 
@@ -169,25 +170,15 @@ class RankWriter(StorageWriter):
     their manifest entries; ``on_finish`` (coordinator) gets every rank's regions.
     ``signed``: each file also gets its SHA-256 digest (``signing.py``)."""
 
-    def __init__(
-        self,
-        item: str,
-        *,
-        staging_error: BaseException | None,
-        create_directory: Callable[[], Path],
-        on_finish: Callable[[Metadata, list[list[WriteResult]]], None],
-        write_own: Callable[[Path], None] | None = None,
-        signed: bool = False,
-    ) -> None:
-        super().__init__()
-        self.signed = signed
-        self.write_own = write_own
-        self.is_coordinator = False
-        self.item = item
-        self.staging_error = staging_error
-        self.create_directory = create_directory
-        self.on_finish = on_finish
-        self.rank = 0
+    item: str
+    _: KW_ONLY
+    staging_error: BaseException | None
+    create_directory: Callable[[], Path]
+    on_finish: Callable[[Metadata, list[list[WriteResult]]], None]
+    write_own: Callable[[Path], None] | None = None
+    signed: bool = False
+    rank: int = field(default=0, init=False)  # both told by DCP (set_up_storage_writer)
+    is_coordinator: bool = field(default=False, init=False)
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         pass
@@ -345,20 +336,21 @@ def metadata_from_json(raw: object, files: dict[str, int]) -> Metadata:
     return Metadata(state_dict_metadata=state, storage_data=storage)
 
 
+@dataclass(eq=False)
 class RankReader(StorageReader):
-    """One rank's reader of one item of a committed step (see the module docstring)."""
+    """One rank's reader of one item of a committed step (see the module docstring).
+    ``signed``: each file read from is checked whole against its SHA-256."""
 
-    def __init__(
-        self, step_dir: Path, manifest: Manifest, metadata: Metadata, *, verify: bool, signed: bool
-    ) -> None:
-        super().__init__()
-        self.step_dir = step_dir
-        self.manifest = manifest
-        self.step = manifest.step
-        self.metadata = metadata
-        self.verify = verify
-        self.signed = signed  # then each file read from is checked whole against its SHA-256
-        self._checked: set[str] = set()
+    step_dir: Path
+    manifest: Manifest
+    metadata: Metadata
+    _: KW_ONLY
+    verify: bool
+    signed: bool
+
+    @property
+    def step(self) -> int:
+        return self.manifest.step
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         pass
