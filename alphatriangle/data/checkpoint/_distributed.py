@@ -83,13 +83,13 @@ from alphatriangle.data.checkpoint.errors import (
     CheckpointError,
     corrupt_file,
 )
-from alphatriangle.data.checkpoint.full_restore import ReadOptions, read_item
+from alphatriangle.data.checkpoint.full_restore import ItemRead, read_item
 from alphatriangle.data.checkpoint.layout import (
     MANIFEST_NAME,
     shards_index_file,
     step_dir_name,
 )
-from alphatriangle.data.checkpoint.manifest import Manifest, build_manifest, seal
+from alphatriangle.data.checkpoint.manifest import build_manifest, seal
 from alphatriangle.data.checkpoint.staging import HostBuffer, StagedState, stage_state
 from alphatriangle.data.checkpoint.step_writer import (
     StepFile,
@@ -378,21 +378,15 @@ def _alone() -> Iterator[None]:
 
 
 def restore_into(
-    step_dir: Path,
-    manifest: Manifest,
-    item: str,
-    target: dict[str, Any],
-    *,
-    group: dist.ProcessGroup | None,
-    rank: int,
-    read: ReadOptions,
+    source: ItemRead, target: dict[str, Any], *, group: dist.ProcessGroup | None, rank: int
 ) -> dict[str, Any]:
-    """Fill ``target`` from ``item`` of a committed step saved by several ranks (every rank
+    """Fill ``target`` from the item of a committed step saved by several ranks (every rank
     of ``group``, collectively, on the caller's thread): tensors in place (DTensors
     resharded to their layout now), other leaves set as rank 0 saved them. Raises on every
-    rank when any rank fails (see the module docstring). ``manifest`` is the step's, read
-    (and its signature checked) by the caller. Without ``group``, this process alone reads
+    rank when any rank fails (see the module docstring). The step's manifest is read (and
+    its signature checked) by the caller. Without ``group``, this process alone reads
     every chunk its target needs (e.g. the whole of each tensor, into plain tensors)."""
+    step_dir, manifest, item, read = source
     step = manifest.step
     verify, signed = read.verify, read.signed
     name = shards_index_file(item)
@@ -420,7 +414,7 @@ def restore_into(
             )
     except BaseException as exc:
         _reraise(exc, rank, f"restore of step {step}")
-    others = read_item(step_dir, manifest, item, read)
+    others = read_item(source)
     _, places = flatten_state_dict(target)
     for key, value in others.items():
         if key in places:

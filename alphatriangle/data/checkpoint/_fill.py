@@ -36,7 +36,7 @@ from alphatriangle.data.checkpoint._verified_files import close_data, open_data
 from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, TORCH_DTYPES, ArraySpec
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.full_restore import (
-    ReadOptions,
+    ItemRead,
     decode_item,
     item_objects,
     read_item,
@@ -44,7 +44,6 @@ from alphatriangle.data.checkpoint.full_restore import (
 )
 from alphatriangle.data.checkpoint.index import Index, read_index
 from alphatriangle.data.checkpoint.layout import data_file, objects_file
-from alphatriangle.data.checkpoint.manifest import Manifest
 from alphatriangle.data.checkpoint.tree import PickledObject, PickledPlaceholders
 
 __all__ = ["restore_into"]
@@ -144,15 +143,10 @@ class _Plan:
         self.fills.append((target, position))
 
 
-def restore_into(
-    target: Any,
-    step_dir: Path,
-    manifest: Manifest,
-    item: str,
-    read: ReadOptions,
-) -> Any:
+def restore_into(target: Any, source: ItemRead) -> Any:
     """Fill ``target`` from ``item`` of the step (see the module docstring); returns it.
     Each array is filled where it is: a restore with a target has no ``map_location``."""
+    step_dir, manifest, item, read = source
     verify = read.verify
     index = read_index(step_dir, manifest, item, verify=verify, signed=read.signed)
     where = _Where(step_dir, manifest.step, item)
@@ -166,7 +160,7 @@ def restore_into(
         refuse_objects(step_dir, manifest, item, index.tree)
     if read.signed or (verify and any(index.checksums[p] is None for _, p in plan.fills)):
         # The whole item, verified as a plain restore does, then copied in.
-        whole = read_item(step_dir, manifest, item, read, mode="mmap")
+        whole = read_item(source, mode="mmap")
         with torch.no_grad():
             return _set_leaves(target, whole, copy=True)
     data_path = step_dir / data_file(item)

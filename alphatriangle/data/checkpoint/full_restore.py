@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alphatriangle.data.checkpoint._array_building import arrays_in, make_view
 from alphatriangle.data.checkpoint._devices import DeviceMap
@@ -52,6 +52,7 @@ from alphatriangle.data.checkpoint.tree import (
 )
 
 __all__ = [
+    "ItemRead",
     "ReadOptions",
     "check_item",
     "decode_item",
@@ -78,6 +79,18 @@ class ReadOptions:
     def signed(self) -> bool:
         """Whether the step's signature was verified (files then read by their digest)."""
         return self.signing_key is not None
+
+
+class ItemRead(NamedTuple):
+    """What one reader reads: ``item`` of the leased step at ``step_dir``, whose
+    ``manifest`` was read (and its signature checked) with ``read``'s signing key, read as
+    ``read`` says. Built once per step by ``restore.restore_step``; a reader that falls back
+    to the whole item passes it on to :func:`read_item`."""
+
+    step_dir: Path
+    manifest: Manifest
+    item: str
+    read: ReadOptions
 
 
 def check_item(manifest: Manifest, item: str) -> None:
@@ -136,21 +149,14 @@ def item_objects(
         raise corrupt_file(step_dir / name, manifest.step, why) from exc
 
 
-def read_item(
-    step_dir: Path,
-    manifest: Manifest,
-    item: str,
-    read: ReadOptions,
-    *,
-    mode: str = "mmap",
-    pinned: PinnedChunks | None = None,
-) -> Any:
-    """Rebuild one item's state tree (``manifest`` comes from ``read_manifest``, with
-    ``read``'s signing key); see the module docstring for ``mode`` and the order of the reads.
+def read_item(source: ItemRead, *, mode: str = "mmap", pinned: PinnedChunks | None = None) -> Any:
+    """Rebuild one item's state tree; see the module docstring for ``mode`` and the order of
+    the reads.
 
     Raises :class:`CheckpointCorruptError` naming the file for any violation;
     :class:`WeightsOnlyError` naming where the objects sit when ``weights_only`` and the
     item holds pickled objects (nothing is unpickled)."""
+    step_dir, manifest, item, read = source
     check_item(manifest, item)
     map_location = DeviceMap.of(read.map_location)
     verify, signed = read.verify, read.signed

@@ -15,7 +15,6 @@ selected bytes, plus the index.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from alphatriangle.data.checkpoint._verified_files import close_data, open_data
 from alphatriangle.data.checkpoint.arrays import ArraySpec
 from alphatriangle.data.checkpoint.errors import WeightsOnlyError
 from alphatriangle.data.checkpoint.full_restore import (
-    ReadOptions,
+    ItemRead,
     check_item,
     decode_item,
     item_objects,
@@ -34,7 +33,6 @@ from alphatriangle.data.checkpoint.full_restore import (
 )
 from alphatriangle.data.checkpoint.index import read_index
 from alphatriangle.data.checkpoint.layout import data_file, objects_file
-from alphatriangle.data.checkpoint.manifest import Manifest
 from alphatriangle.data.checkpoint.tree import child, references
 
 __all__ = ["Selector", "read_selected"]
@@ -42,17 +40,12 @@ __all__ = ["Selector", "read_selected"]
 Selector = str | int | tuple[Any, ...]
 
 
-def read_selected(
-    step_dir: Path,
-    manifest: Manifest,
-    item: str,
-    select: Sequence[Selector],
-    read: ReadOptions,
-) -> dict[Any, Any]:
+def read_selected(source: ItemRead, select: Sequence[Selector]) -> dict[Any, Any]:
     """The selected subtrees of one item, as nested dicts along their paths: ``"model"`` is
     the top-level key ``model``, ``("optimizer", "state")`` a nested one, an int an index of
     a list (see the module docstring). Raises KeyError naming a path that the item does not
     have, and what ``read_item`` raises."""
+    step_dir, manifest, item, read = source
     check_item(manifest, item)
     map_location = DeviceMap.of(read.map_location)  # checked before anything is read
     index = read_index(step_dir, manifest, item, verify=read.verify, signed=read.signed)
@@ -74,7 +67,7 @@ def read_selected(
         if 0 <= position < len(index.specs) and index.specs[position].view_of is not None:
             needed.add(index.specs[position].view_of)  # type: ignore[arg-type]
     if read.signed or (read.verify and any(index.checksums[i] is None for i in needed)):
-        whole = read_item(step_dir, manifest, item, read)
+        whole = read_item(source)
         return _assemble(paths, [_pick(whole, path) for path in paths])
     objects_name = objects_file(item)
     if holds_objects and read.weights_only:

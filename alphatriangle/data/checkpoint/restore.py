@@ -37,10 +37,10 @@ from alphatriangle.data.checkpoint.errors import (
     CheckpointNotFoundError,
     StepGoneError,
 )
-from alphatriangle.data.checkpoint.full_restore import ReadOptions, read_item
+from alphatriangle.data.checkpoint.full_restore import ItemRead, ReadOptions, read_item
 from alphatriangle.data.checkpoint.layout import shards_index_file, step_dir_name
 from alphatriangle.data.checkpoint.locking import reader_lease, step_not_found
-from alphatriangle.data.checkpoint.manifest import Manifest, read_manifest
+from alphatriangle.data.checkpoint.manifest import read_manifest
 from alphatriangle.data.checkpoint.mapping import PinnedChunks
 from alphatriangle.data.checkpoint.options import CheckpointManagerOptions
 from alphatriangle.data.checkpoint.partial_restore import Selector, read_selected
@@ -110,43 +110,35 @@ def restore_step(
                 path=step_dir,
                 step=step,
             )
+        source = ItemRead(step_dir, manifest, request.item, request.read)
         if shards_index_file(request.item) in manifest.files:  # saved by several ranks
-            return _restore_shards(step_dir, manifest, request)
+            return _restore_shards(source, request)
         if request.target is not None:
-            return restore_into(request.target, step_dir, manifest, request.item, request.read)
+            return restore_into(request.target, source)
         if request.select is not None:
-            return read_selected(step_dir, manifest, request.item, request.select, request.read)
-        return read_item(
-            step_dir,
-            manifest,
-            request.item,
-            request.read,
-            mode=options.restore_mode,
-            pinned=pinned,
-        )
+            return read_selected(source, request.select)
+        return read_item(source, mode=options.restore_mode, pinned=pinned)
 
 
-def _restore_shards(step_dir: Path, manifest: Manifest, request: RestoreRequest) -> Any:
+def _restore_shards(source: ItemRead, request: RestoreRequest) -> Any:
     """An item saved by several ranks: DCP's planner fills the target's tensors (resharded to
     the layout they have now), collectively when the manager has a process group."""
     if request.target is None or request.select is not None:
+        step = source.manifest.step
         raise CheckpointError(
-            f"step {manifest.step} was saved by several ranks: restore it with target=... (a "
+            f"step {step} was saved by several ranks: restore it with target=... (a "
             "state dict of the tensors to fill)",
-            path=step_dir,
-            step=manifest.step,
+            path=source.step_dir,
+            step=step,
         )
     from alphatriangle.data.checkpoint._distributed import restore_into as restore_shards
 
     ranks = request.ranks
     return restore_shards(
-        step_dir,
-        manifest,
-        request.item,
+        source,
         request.target,
         group=None if ranks is None else ranks.foreground,  # the caller's thread
         rank=0 if ranks is None else ranks.rank,
-        read=request.read,
     )
 
 
