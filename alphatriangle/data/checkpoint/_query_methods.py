@@ -8,6 +8,7 @@ orchestration alone; the methods are those of
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +78,7 @@ class QueryMethods:
         self._check_open()
         with leased_step(self.directory, step) as step_dir:
             manifest = read_manifest(step_dir, step)
-            return {**manifest.raw, "metrics": dict(manifest.metrics)}
+            return {**copy.deepcopy(dict(manifest.raw)), "metrics": dict(manifest.metrics)}
 
     def plan_retention(
         self, policy: RetentionPolicy | None = None, *, steps: list[int] | None = None

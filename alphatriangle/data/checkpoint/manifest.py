@@ -12,7 +12,8 @@ directory's step, items and file names plain names, sizes non-negative ints, che
 each item's data and index files listed (a data file in parts: in ``parted``, its parts
 listed in order, ``_chunks.py``); any violation raises ``CheckpointCorruptError``
 naming the file, a signature that does not verify ``CheckpointSignatureError``.
-Cost: one small read and one JSON parse (retention reads one per step, once).
+Cost: one small read and one JSON parse (retention reads one per step, once); reading bytes
+parsed moments ago (the same step listed, then restored) costs the read and a lookup.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import math
 import numbers
 import os
 import platform
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +194,49 @@ def read_manifest(
             data = file.read()
     finally:
         os.close(fd)
+    manifest = _PARSED.get(data)
+    if manifest is None:
+        manifest = _parse_bytes(data, path, step)
+        _PARSED.put(data, manifest)
+    elif step is not None and manifest.step != step:
+        raise corrupt_file(
+            path, step, f"says step {manifest.step}, but lies in the directory of step {step}"
+        )
+    if signing_key is not None:
+        _check_signature(manifest.raw, signing_key, path, manifest.step)
+    return manifest
+
+
+class _ParsedManifests:
+    """The last manifests parsed, by their exact bytes: reading the same bytes again (the
+    catalog lists a step, then a restore reads it; a step restored again) skips parsing
+    and checking them, not reading them. Bounded; safe across threads. A manifest's
+    ``raw`` and ``files`` are shared by every reader of those bytes: read-only."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[bytes, Manifest] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, data: bytes) -> Manifest | None:
+        with self._lock:
+            found = self._entries.get(data)
+            if found is not None:
+                self._entries.move_to_end(data)
+            return found
+
+    def put(self, data: bytes, manifest: Manifest) -> None:
+        with self._lock:
+            self._entries[data] = manifest
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_PARSED = _ParsedManifests(64)
+
+
+def _parse_bytes(data: bytes, path: str, step: int | None) -> Manifest:
+    """A manifest's bytes parsed and checked (everything but the signature)."""
     raw = parse_json(data, path, step)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise corrupt_file(path, step, "not a checkpoint manifest")
@@ -206,10 +252,7 @@ def read_manifest(
         )
     if not unseal(data):
         raise corrupt_file(path, step, "manifest checksum mismatch (edited or damaged)")
-    manifest = _parse_manifest(raw, path, step)
-    if signing_key is not None:
-        _check_signature(raw, signing_key, path, manifest.step)
-    return manifest
+    return _parse_manifest(raw, path, step)
 
 
 def _parse_manifest(raw: dict[str, Any], path: str, step: int | None) -> Manifest:
@@ -268,7 +311,7 @@ def _parse_manifest(raw: dict[str, Any], path: str, step: int | None) -> Manifes
     )
 
 
-def _check_signature(raw: dict[str, Any], key: bytes, path: str, step: int) -> None:
+def _check_signature(raw: Mapping[str, Any], key: bytes, path: str, step: int) -> None:
     unsigned = {k: v for k, v in raw.items() if k not in ("signature", "checksum")}
     if "signature" not in raw:
         raise CheckpointSignatureError(

@@ -51,6 +51,36 @@ def test_a_built_manifest_reads_back_field_for_field(tmp_path: Path) -> None:
     assert read.raw["format_version"] == FORMAT_VERSION
 
 
+def test_bytes_read_again_are_not_parsed_again_but_still_checked(tmp_path: Path) -> None:
+    built = build_manifest(
+        3, wall_time=1.0, metrics={}, items=["state"], files=FILES, signing_key=KEY
+    )
+    _write(tmp_path / "a", built)
+    first = read_manifest(tmp_path / "a", 3, signing_key=KEY)
+    assert read_manifest(tmp_path / "a", 3) is first  # the same bytes: parsed once
+    with pytest.raises(CheckpointSignatureError, match="does not match"):
+        read_manifest(tmp_path / "a", 3, signing_key=b"x" * 32)  # the signature: each time
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same bytes in another step's place
+    with pytest.raises(CheckpointCorruptError, match="says step 3, but lies in"):
+        read_manifest(tmp_path / "b", 4)
+    _write(tmp_path / "a", {**built, "wall_time": 2.0})  # other bytes: parsed anew
+    assert read_manifest(tmp_path / "a", 3).wall_time == 2.0
+    broken = (tmp_path / "a" / "manifest.json").read_bytes().replace(b'"step":3', b'"step":5')
+    (tmp_path / "a" / "manifest.json").write_bytes(broken)
+    with pytest.raises(CheckpointCorruptError, match="checksum mismatch"):
+        read_manifest(tmp_path / "a", 3)
+
+
+def test_metadata_is_the_callers_own_copy(tmp_path: Path) -> None:
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(1, {"w": torch.ones(3)}).result()
+        given = manager.metadata(1)
+        given["files"].clear()
+        given["items"].append("other")
+        assert manager.metadata(1)["files"] and manager.metadata(1)["items"] == ["state"]
+        assert manager.restore(1)["w"].tolist() == [1.0, 1.0, 1.0]
+
+
 def test_seal_and_unseal() -> None:
     body = canonical({"a": 1, "b": [1, 2]})
     sealed = seal(body)
