@@ -24,7 +24,7 @@ import os
 import platform
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,13 @@ def _parse_bytes(data: bytes, path: str, step: int | None) -> Manifest:
     return _parse_manifest(raw, path, step)
 
 
+def _object_field(raw: dict[str, Any], key: str, bad: Callable[[str], Exception]) -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise bad(f"{key} is not an object")
+    return value
+
+
 def _parse_manifest(raw: dict[str, Any], path: str, step: int | None) -> Manifest:
     def bad(why: str) -> Exception:
         return corrupt_file(path, step, why)
@@ -266,9 +273,7 @@ def _parse_manifest(raw: dict[str, Any], path: str, step: int | None) -> Manifes
         raise bad(f"says step {said}, but lies in the directory of step {step}")
     if not is_number(raw.get("wall_time")):
         raise bad(f"wall_time {raw.get('wall_time')!r} is not a finite number")
-    metrics = raw.get("metrics")
-    if not isinstance(metrics, dict):
-        raise bad("metrics is not an object")
+    metrics = _object_field(raw, "metrics", bad)
     for name, value in metrics.items():
         if not (is_number(value) or value in NON_FINITE):
             raise bad(f"metric {name!r} is {value!r}, not a number")
@@ -279,9 +284,7 @@ def _parse_manifest(raw: dict[str, Any], path: str, step: int | None) -> Manifes
         or len(set(items)) != len(items)
     ):
         raise bad(f"items {items!r:.200} is not a list of distinct item names")
-    files = raw.get("files")
-    if not isinstance(files, dict):
-        raise bad("files is not an object")
+    files = _object_field(raw, "files", bad)
     for name, entry in files.items():
         if not FILE_NAME.match(name) or name == MANIFEST_NAME:
             raise bad(f"lists {name!r:.100}, which is not a plain file name of a step")
