@@ -1,7 +1,7 @@
 """``save_training_state`` and ``load_initial_state`` against alphatriangle 1.0.0's way.
 
-    python benchmarks/bench_data_manager.py [--experiences 250000] [--policy-entries 20]
-        [--repeats 3]
+    python benchmarks/bench_data_manager.py [--experiences 250000] [--policy-entries 360]
+        [--repeats 3] [--new 1000] [--updates 256] [--saves 6] [--keep 3]
 
 The state: the default network, its Adam state and a full replay buffer of the 1.0.0 shapes.
 Baselines, measured in the same run: 1.0.0's save, reimplemented here (a ``CheckpointData``
@@ -9,6 +9,14 @@ and a ``BufferData`` of experience tuples, each cloudpickled to a file, synchron
 its load (unpickling both); a plain copy of the same bytes into preallocated memory (the
 floor of any snapshot). Each 1.0.0 policy mapping holds ``--policy-entries`` actions (the
 search's visited actions: 360, all of them, in the 1.0.0 run of the fixtures).
+
+Then the buffer's incremental saves: two DataManagers save the same states ``--saves`` times
+(the checkpoint and the buffer, ``KEEP_LATEST_CHECKPOINTS=--keep``), one with the default
+``INCREMENTAL_BUFFER_SAVES=True``, one with False (the buffer written whole), in turn; between
+two saves the buffer takes ``--new`` experiences and ``--updates`` priority updates. Measured:
+the bytes each save writes for the buffer (its files no other step links), the disk the
+kept steps' buffer files take (each file once), the stall, and ``load_initial_state`` of the
+newest step (interleaved, page cache warm).
 """
 
 from __future__ import annotations
@@ -32,16 +40,25 @@ from alphatriangle.nn import NeuralNetwork
 from alphatriangle.rl.core import ExperienceBuffer
 from alphatriangle.utils.types import ColumnarBatch
 
-OPTIONS = {"experiences": 250_000, "policy_entries": 360, "repeats": 3}
+OPTIONS = {
+    "experiences": 250_000,
+    "policy_entries": 360,
+    "repeats": 3,
+    "new": 1000,
+    "updates": 256,
+    "saves": 6,
+    "keep": 3,
+}
 
 
 def _fill(buffer: ExperienceBuffer, count: int, entries: int, rng: np.random.Generator) -> None:
-    chunk = 10_000
+    chunk = min(count, 10_000)
     for start in range(0, count, chunk):
         n = min(chunk, count - start)
         policy = np.zeros((n, 360), dtype=np.float32)
-        for row in range(n):
-            policy[row, rng.choice(360, entries, replace=False)] = 1.0 / entries
+        for row in range(n):  # visit counts differ from one search to the next
+            visits = rng.random(entries, dtype=np.float32) + 0.01
+            policy[row, rng.choice(360, entries, replace=False)] = visits / visits.sum()
         buffer.add_batch(
             ColumnarBatch(
                 grid=rng.random((n, 1, 8, 15), dtype=np.float32),
@@ -70,9 +87,8 @@ def _load_1_0_0(directory: Path) -> Any:
 
 def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--experiences", type=int, default=OPTIONS["experiences"])
-    parser.add_argument("--policy-entries", type=int, default=OPTIONS["policy_entries"])
-    parser.add_argument("--repeats", type=int, default=OPTIONS["repeats"])
+    for name, default in OPTIONS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_dm_"))
     rng = np.random.default_rng(0)
@@ -149,6 +165,9 @@ def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
         old_loads.append(time.perf_counter() - began)
     pickle_size = (root / "old" / "buffer.pkl").stat().st_size
     shutil.rmtree(root, ignore_errors=True)
+    incremental = _incremental_saves(
+        args, nn=nn, optimizer=optimizer, buffer=buffer, train=train, rng=rng
+    )
 
     def med(values: list[float]) -> float:
         return float(np.median(values))
@@ -162,6 +181,18 @@ def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
         ("load_initial_state (verified)", med(loads), "1.0.0 load (unpickle)"),
         ("load_initial_state, warm, mapped", warm["mmap"], "1.0.0 load (unpickle)"),
         ("load_initial_state, warm, restore_mode=copy", warm["copy"], "1.0.0 load (unpickle)"),
+        ("stall, buffer written whole", incremental.pop("stall whole"), ""),
+        (
+            "stall, buffer incremental",
+            incremental.pop("stall incremental"),
+            "stall, buffer written whole",
+        ),
+        ("load, buffer written whole", incremental.pop("load whole"), ""),
+        (
+            "load, buffer incremental",
+            incremental.pop("load incremental"),
+            "load, buffer written whole",
+        ),
     ]
     report(
         "bench_data_manager",
@@ -172,9 +203,108 @@ def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
             "buffer_bytes_on_disk": buffer_on_disk,
             "buffer_pickle_bytes": pickle_size,
             "repeats": args.repeats,
+            "incremental": incremental,
         },
     )
     print(f"buffer on disk: {buffer_on_disk / 1e6:.0f} MB; 1.0.0 pickle {pickle_size / 1e6:.0f} MB")
+    written = incremental["buffer_written_bytes"]
+    print(
+        f"buffer saves: first {written[0] / 1e6:.1f} MB, later at most {max(written[1:]) / 1e6:.2f}"
+        f" MB ({incremental['later_save_ratio_max']:.2%}); {args.saves} saves, {args.keep} kept:"
+        f" {incremental['disk_ratio_incremental']:.2f}x one save on disk (whole:"
+        f" {incremental['disk_ratio_whole']:.2f}x)"
+    )
+
+
+def _buffer_files(step_dir: Path) -> list[os.stat_result]:
+    return [path.stat() for path in step_dir.glob("buffer.*")]
+
+
+def _buffer_disk(checkpoint_dir: Path) -> int:
+    """The bytes the buffer files of every step take on disk, each file once."""
+    inodes = {
+        (f.st_dev, f.st_ino): f.st_size
+        for step_dir in checkpoint_dir.glob("step_*")
+        for f in _buffer_files(step_dir)
+    }
+    return sum(inodes.values())
+
+
+def _incremental_saves(
+    args: argparse.Namespace,
+    *,
+    nn: NeuralNetwork,
+    optimizer: torch.optim.Optimizer,
+    buffer: ExperienceBuffer,
+    train: TrainConfig,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """The buffer saved ``args.saves`` times, incrementally and whole (see the docstring)."""
+    root = Path(tempfile.mkdtemp(prefix="bench_dm_incremental_"))
+    kinds = {"incremental": True, "whole": False}
+    persists = {
+        kind: PersistenceConfig(
+            ROOT_DATA_DIR=str(root / kind),
+            MLFLOW_SYNC=False,
+            KEEP_LATEST_CHECKPOINTS=args.keep,
+            KEEP_BEST_CHECKPOINTS=0,
+            INCREMENTAL_BUFFER_SAVES=flag,
+        )
+        for kind, flag in kinds.items()
+    }
+    stalls: dict[str, list[float]] = {kind: [] for kind in kinds}
+    written: dict[str, list[int]] = {kind: [] for kind in kinds}
+    loads: dict[str, list[float]] = {kind: [] for kind in kinds}
+    disk: dict[str, list[int]] = {kind: [] for kind in kinds}  # after each save
+    try:
+        managers = {kind: DataManager(persist, train) for kind, persist in persists.items()}
+        for step in range(1, args.saves + 1):
+            order = list(managers.items())
+            for kind, dm in order if step % 2 else order[::-1]:  # each goes first alike
+                began = time.perf_counter()
+                handle = dm.save_training_state(
+                    nn, optimizer, None, buffer, step, 0, 0, is_final=True
+                )
+                stalls[kind].append(time.perf_counter() - began)
+                assert handle is not None
+                step_dir = handle.result()
+                dm.wait_until_finished()
+                files = _buffer_files(step_dir)
+                assert files, "the buffer was not saved"
+                written[kind].append(sum(f.st_size for f in files if f.st_nlink == 1))
+                disk[kind].append(_buffer_disk(dm.checkpoint_dir))
+            _fill(buffer, args.new, args.policy_entries, rng)
+            sample = buffer.sample(args.updates)
+            assert sample is not None
+            buffer.update_priorities(sample["indices"], rng.random(args.updates))
+        for dm in managers.values():
+            dm.close()
+        for round_ in range(args.repeats + 1):
+            for kind, persist in persists.items():
+                with DataManager(persist, train) as dm:
+                    began = time.perf_counter()
+                    dm.load_initial_state()
+                    if round_:  # the first round warms the page cache
+                        loads[kind].append(time.perf_counter() - began)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    first = written["incremental"][0]
+    return {
+        "stall whole": stalls["whole"][1:],
+        "stall incremental": stalls["incremental"][1:],
+        "load whole": loads["whole"],
+        "load incremental": loads["incremental"],
+        "new": args.new,
+        "updates": args.updates,
+        "keep": args.keep,
+        "buffer_written_bytes": written["incremental"],
+        "buffer_written_bytes_whole": written["whole"],
+        "later_save_ratio_max": max(written["incremental"][1:]) / first,
+        "buffer_disk_bytes": disk["incremental"],
+        "buffer_disk_bytes_whole": disk["whole"],
+        "disk_ratio_incremental": disk["incremental"][-1] / first,
+        "disk_ratio_whole": disk["whole"][-1] / written["whole"][0],
+    }
 
 
 if __name__ == "__main__":

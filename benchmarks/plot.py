@@ -11,6 +11,9 @@
 - ``distributed.png`` (from ``distributed_<ranks>x<MB>MB.json``): per rank count, each of
   our figures divided by DCP's (stall, time to a committed step, restore, resharded restore)
   against the size per rank (1 is DCP; below is faster);
+- ``incremental.png`` (from ``bench_data_manager.json``): the replay buffer's saves through
+  the DataManager, incremental against written whole: the bytes each save writes, and the
+  disk the kept steps' buffer files take after each save;
 - ``summary.md``: one report of every benchmark: the sweep as tables of ratios to the floor
   (median, with the min-max range), then each other benchmark's rows with its command and
   machine (the buffer operations, the DataManager against 1.0.0's save, ...).
@@ -185,6 +188,42 @@ def plot_distributed(results: Path, out: Path) -> Path | None:
     return path
 
 
+def plot_incremental(results: Path, out: Path) -> Path | None:
+    """Per save: the buffer's bytes written and the disk of the kept steps, both ways."""
+    data = _load(results / "bench_data_manager.json") or {}
+    figures = data.get("incremental")
+    if not figures or "buffer_disk_bytes" not in figures:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    saves = range(1, len(figures["buffer_written_bytes"]) + 1)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (
+        ("bytes written by the save", "buffer_written_bytes"),
+        ("disk of the kept steps' buffers", "buffer_disk_bytes"),
+    )
+    for axis, (title, key) in zip(axes, panels, strict=True):
+        for label, suffix in (("incremental", ""), ("whole", "_whole")):
+            axis.plot(saves, [b / 1e6 for b in figures[key + suffix]], marker="o", label=label)
+        axis.set_title(f"{title} (MB)", fontsize=9)
+        axis.set_xlabel("save")
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=8)
+    figure.suptitle(
+        f"{data['experiences']:,} experiences, {figures['new']:,} new and "
+        f"{figures['updates']} priority updates between saves, {figures['keep']} kept",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    path = out / "incremental.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def summary_table(sweep: dict[str, Any]) -> str:
     sizes = sorted({row["size_bytes"] for row in sweep["sweep"]})
     lines = []
@@ -275,6 +314,7 @@ def main() -> None:
     for path in (
         plot_training(args.results, args.out),
         plot_distributed(args.results, args.out),
+        plot_incremental(args.results, args.out),
     ):
         if path is not None:
             print(f"wrote {path}")
