@@ -44,8 +44,10 @@ def array_in(arena: np.ndarray[Any, np.dtype[np.uint8]], spec: ArraySpec) -> Any
         dtype = TORCH_DTYPES[spec.dtype]
         if spec.nbytes == 0:
             return torch.empty(spec.shape, dtype=dtype)
-        raw = torch.frombuffer(arena, dtype=torch.uint8, count=spec.nbytes, offset=spec.offset)
-        return raw.view(dtype).view(spec.shape)
+        count = spec.nbytes // dtype.itemsize
+        tensor = torch.frombuffer(arena, dtype=dtype, count=count, offset=spec.offset)
+        # A 1-d tensor already has its shape: a view per tensor is a microsecond each.
+        return tensor if spec.shape == (count,) else tensor.view(spec.shape)
     region = arena[spec.offset : spec.offset + spec.nbytes]
     return region.view(np.dtype(spec.dtype)).reshape(spec.shape)
 
@@ -105,13 +107,16 @@ def arrays_in(
     copied with ``.to(device)``."""
     arrays: list[Any] = [None] * len(specs)
     streamed: dict[torch.device, list[int]] = {}
+    devices: dict[str, torch.device] = {}  # per saved device: resolved once per restore
     for position, spec in enumerate(specs):
         if spec.view_of is not None:
             continue
         if spec.framework != "torch":
             arrays[position] = array_in(arena, spec)
             continue
-        device = target_device(spec, map_location, step_dir, step)
+        device = devices.get(spec.device)
+        if device is None:
+            device = devices[spec.device] = target_device(spec, map_location, step_dir, step)
         if device.type == "cuda" and spec.nbytes:
             streamed.setdefault(device, []).append(position)
         elif device.type == "cpu":

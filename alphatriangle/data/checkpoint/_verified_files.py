@@ -8,8 +8,8 @@ computed on :class:`HashThread`, the one side thread that hashes, while the next
 read or mapped: the save path uses it too (``step_writer.py``), and so do the per-array
 checks of partial and in-place restores (:class:`ArrayChecks`).
 
-Cost: one thread per large file or per array batch; a 64 MiB chunk is hashed while the next
-one is read (both release the GIL).
+Cost: a pooled thread per large file or per array batch (idle ones are reused, not started
+anew); a 64 MiB chunk is hashed while the next one is read (both release the GIL).
 """
 
 from __future__ import annotations
@@ -70,42 +70,103 @@ HASH_CHUNK = DIGEST_CHUNK  # restore hashes chunk k while it reads chunk k + 1
 Arena = np.ndarray[Any, np.dtype[np.uint8]]
 
 
+class _Worker:
+    """A daemon thread running the jobs of one :class:`HashThread` at a time; idle workers
+    wait in a small pool, so that a restore or a save does not start a thread of its own."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[HashThread, Callable[..., None] | None, Any]] = (
+            queue.SimpleQueue()
+        )
+        self.thread = threading.Thread(target=self._run, name="checksum", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            owner, function, arguments = self.jobs.get()
+            if function is not None:
+                try:
+                    function(*arguments)
+                except BaseException as exc:  # raised on the owner's thread by join()
+                    owner.error = owner.error or exc
+                # Waiting for the next job, hold nothing of this one: a mapped file's view
+                # kept here would keep the file mapped (and, deleted, on disk) meanwhile.
+                del owner, function, arguments
+                continue
+            # The owner's last job is done: back to the pool first (the owner may take the
+            # next HashThread at once), then wake the owner.
+            pooled = _pool.give_back(self)
+            owner.done.set()
+            del owner
+            if not pooled:
+                return
+
+
+_IDLE_WORKERS = 4  # more idle than this: the thread ends
+
+
+class _WorkerPool:
+    """The idle workers of this process (a forked child inherits the list, not threads)."""
+
+    def __init__(self) -> None:
+        self.idle: list[_Worker] = []
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+
+    def take(self) -> _Worker:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.idle.clear()
+                self.pid = os.getpid()
+            while self.idle:
+                worker = self.idle.pop()
+                if worker.thread.is_alive():
+                    return worker
+        return _Worker()
+
+    def give_back(self, worker: _Worker) -> bool:
+        """Whether ``worker`` was pooled (else its thread is to end)."""
+        with self.lock:
+            if len(self.idle) >= _IDLE_WORKERS or self.pid != os.getpid():
+                return False
+            self.idle.append(worker)
+            return True
+
+
+_pool = _WorkerPool()
+
+
 class HashThread:
     """Hashing jobs run in order on one daemon thread (xxh3 and SHA-256 release the GIL, so
     they overlap with the caller's reads and writes). The buffers a job hashes must stay
-    unchanged until :meth:`join` returns; always :meth:`join` (in a ``finally``)."""
+    unchanged until :meth:`join` returns; always :meth:`join` (in a ``finally``).
+
+    The thread is taken from a small pool of idle ones and given back when its last job is
+    done (a hand-off of tens of µs, where starting a thread costs about 100); an interrupted
+    :meth:`join` leaves it to finish the jobs, after which it goes back to the pool."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="checksum", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            function, arguments = job
-            try:
-                function(*arguments)
-            except BaseException as exc:  # raised on the caller's thread by join()
-                self._error = self._error or exc
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._worker: _Worker | None = _pool.take()
 
     def put(self, function: Callable[..., None], *arguments: Any) -> None:
-        self._queue.put((function, arguments))
+        if self._worker is None:
+            raise RuntimeError("HashThread.put after join")
+        self._worker.jobs.put((self, function, arguments))
 
     def join(self) -> None:
         """Wait for every job (a held Ctrl-C need not wait for a long pass); raise a job's
         failure."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            wait_interruptibly(self._joined)
-        if self._error is not None:
-            raise self._error
+        if self._worker is not None:
+            self._worker.jobs.put((self, None, ()))
+            self._worker = None
+        wait_interruptibly(self._joined)
+        if self.error is not None:
+            raise self.error
 
     def _joined(self, timeout: float | None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self.done.wait(timeout)
 
 
 class _PipelinedHash:

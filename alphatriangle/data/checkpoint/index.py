@@ -8,13 +8,20 @@ the data file, which must end where the last array ends; per-array checksums hex
 violation raises :class:`~alphatriangle.data.checkpoint.errors.CheckpointCorruptError` naming
 the file. The tree itself is checked when it is decoded (``tree.py``).
 
-Cost: one small verified read and a JSON parse; one check per array.
+Cost: one small verified read and a JSON parse; one check per array. Restoring the same step
+again (or any step whose index has the same bytes) skips the parse: the last few parsed
+indexes are kept, keyed by their bytes themselves (hashed, then compared in full), with the
+data file's name and size they were checked against; a hit is bytes identical to ones
+already parsed and checked, so a changed file is never served stale. The read and its
+verification against the manifest happen on every restore.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +48,8 @@ _DEVICE_RE = re.compile(r"^(cpu|(cuda|mps|xpu)(:[0-9]{1,4})?)$")
 
 @dataclass(frozen=True)
 class Index:
-    """One item's parsed index."""
+    """One item's parsed index; shared by the restores that read the same bytes (see the
+    module docstring), so read only: callers never change its tree or lists."""
 
     tree: Any
     specs: list[ArraySpec]
@@ -181,9 +189,32 @@ def _check_views(specs: list[ArraySpec]) -> None:
             raise ValueError(f"array {position} reaches past the end of its storage")
 
 
+_PARSED_ENTRIES = 8  # indexes kept parsed: a few items of a few steps
+_PARSED_MAX_BYTES = 1 << 20  # larger indexes (tens of thousands of arrays) are parsed each time
+_parsed: OrderedDict[tuple[bytes, str, int], Index] = OrderedDict()
+_parsed_lock = threading.Lock()
+
+
 def parse_index(data: bytes, path: Path, step: int, *, data_name: str, data_size: int) -> Index:
     """An index's bytes parsed and checked; ``data_size`` is the listed size of the data
-    file ``data_name``, which must end where the last array ends."""
+    file ``data_name``, which must end where the last array ends. Bytes identical to ones
+    parsed before (with the same data file name and size) return that parse (read only)."""
+    key = (data, data_name, data_size)
+    with _parsed_lock:
+        found = _parsed.get(key)
+        if found is not None:
+            _parsed.move_to_end(key)
+            return found
+    index = _parse_index(data, path, step, data_name=data_name, data_size=data_size)
+    if len(data) <= _PARSED_MAX_BYTES:
+        with _parsed_lock:
+            _parsed[key] = index
+            while len(_parsed) > _PARSED_ENTRIES:
+                _parsed.popitem(last=False)
+    return index
+
+
+def _parse_index(data: bytes, path: Path, step: int, *, data_name: str, data_size: int) -> Index:
     index = parse_json(data, path, step)
     if not isinstance(index, dict) or not isinstance(index.get("arrays"), list):
         raise corrupt_file(path, step, "not an index (no array table)")

@@ -41,9 +41,10 @@ def map_data_file(fd: int, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
     descriptor may be closed afterwards)."""
     if size == 0:
         return np.empty(0, dtype=np.uint8)
+    # No MADV_WILLNEED: the kernel's readahead for the sequential checksum pass reads a cold
+    # file as fast (measured from 10 MB to 1 GB), and on a cached file the advice costs
+    # about 0.1 ms per restore.
     mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
-    if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
-        mapping.madvise(mmap.MADV_WILLNEED)  # start reading ahead of the first pass
     return np.frombuffer(mapping, dtype=np.uint8)
 
 

@@ -58,6 +58,7 @@ MAX_TREE_DEPTH = 200
 JsonTree = Any  # None | bool | int | float | str | list | dict: what json.dumps accepts
 _TAGS = frozenset({"a", "o", "f", "l", "t", "d", "od", "da", "oda"})
 _RAW_TYPES = frozenset({torch.Tensor, torch.nn.Parameter, np.ndarray})
+_KEY_TYPES = frozenset({str, int})  # exactly: a bool key is not compacted
 
 
 class TreeError(ValueError):
@@ -93,8 +94,9 @@ class TreeEncoder:
             assert isinstance(value, dict)
             if self.compact and len(value) >= 2:
                 values = list(value.values())
-                if all(type(v) in _RAW_TYPES for v in values) and all(
-                    type(k) is str or type(k) is int for k in value
+                # (set checks of the types, in C: a state dict has hundreds of entries)
+                if _RAW_TYPES.issuperset(map(type, values)) and _KEY_TYPES.issuperset(
+                    map(type, value)
                 ):
                     first = len(self.leaves)
                     self.leaves.extend(values)

@@ -56,7 +56,7 @@ class BackgroundWriter:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # put: no Condition
         self._error: BaseException | None = None
         # Threads already raised the error (weakly: an ident could be reused by a new thread).
         self._error_seen_by: weakref.WeakSet[threading.Thread] = weakref.WeakSet()

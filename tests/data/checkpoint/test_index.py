@@ -111,3 +111,31 @@ def test_index_on_disk_is_canonical_json(ckpt_dir: Path) -> None:
     step_dir = committed_step(ckpt_dir)
     index = json.loads((step_dir / "state.index.json").read_bytes())
     assert index["arrays"][0]["dtype"] == "float32"
+
+
+def test_the_same_bytes_are_parsed_once_and_other_bytes_anew() -> None:
+    tree = {"d": [["once", {"a": 0}]]}  # bytes no other test parses
+    data = encode_index(tree, _specs(), ["0" * 16] * 4)
+    first = _parse(data)
+    assert _parse(bytes(bytearray(data))) is first  # equal bytes: the parse they had
+    with pytest.raises(CheckpointCorruptError, match="end at byte 160"):
+        _parse(data, size=161)  # the same bytes against another data file: checked again
+    wrong = data.replace(b'"nbytes":32', b'"nbytes":31', 1)
+    assert wrong != data
+    with pytest.raises(CheckpointCorruptError, match="nbytes 31"):
+        _parse(wrong)
+
+
+def test_an_index_changed_after_a_restore_is_read_and_checked_again(ckpt_dir: Path) -> None:
+    from alphatriangle.data import CheckpointManager, CheckpointManagerOptions
+
+    step_dir = committed_step(ckpt_dir)
+    with CheckpointManager(ckpt_dir, CheckpointManagerOptions(read_only=True)) as reader:
+        assert reader.restore(1)["n"] == 3  # its index now parsed once
+    index_path = step_dir / "state.index.json"
+    data = index_path.read_bytes()
+    index_path.write_bytes(data.replace(b'"float32"', b'"float64"', 1))  # not re-listed
+    assert "checksum mismatch" in str(restore_error(ckpt_dir))
+    index_path.write_bytes(data)
+    forge_step(step_dir, index=set_field(["arrays", 0, "dtype"], "float64"))  # re-listed
+    assert "nbytes" in str(restore_error(ckpt_dir))
