@@ -32,9 +32,9 @@ from typing import Any
 
 HERE = Path(__file__).parent / "results"
 METRICS = ("stall", "commit", "restore (warm)", "restore (cold)")
-TITLES = {
-    "stall": "save stall / copy into preallocated memory",
-    "commit": "save -> durable / one file, one fsync",
+TITLES = {  # each plot says what its floor is
+    "stall": "save stall / copy of the same bytes into preallocated memory",
+    "commit": "save -> durable / the same bytes in one file: one O_DIRECT write, one fsync",
     "restore (warm)": "restore, warm cache / xxh3 pass over the mapped file",
     "restore (cold)": "restore, cold cache / xxh3 pass over the mapped file",
 }
@@ -254,8 +254,9 @@ def summary_table(sweep: dict[str, Any]) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if any(r.get("floor") == "paired" for r in sweep["sweep"]):
         lines.append(
-            "\nalphatriangle's restores are divided by the floor pass over its own data file, "
-            "timed alternately with them; the floor row shows the shared floor."
+            "\nalphatriangle's stalls and restores are divided by the floor timed alternately "
+            "with them (the copy; the pass over its own data file); the floor row shows the "
+            "shared floor. The commit floor is one O_DIRECT write and one fsync of the bytes."
         )
     absent = sweep.get("absent") or {}
     if absent:
