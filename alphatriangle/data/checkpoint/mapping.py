@@ -11,9 +11,9 @@ What a caller may rely on:
   restored array that uses it is freed). The engine never changes a committed file in place;
   a file truncated by another program while mapped makes the next access of the lost pages
   fail with SIGBUS, as with any mapping (``torch.load(mmap=True)`` and safetensors alike).
-- The reader (``reading.py``) checks the file's digest over the mapped bytes on a thread of
-  its own while it builds the arrays or streams them to the device, and returns nothing
-  before the digest matched.
+- The full restore (``full_restore.py``) checks the file's digest over the mapped bytes on
+  a thread of its own while it builds the arrays or streams them to the device, and returns
+  nothing before the digest matched.
 - :class:`PinnedChunks` holds two pinned host chunks and a copy stream per device, allocated
   on first use and reused by every later restore; :func:`stream_to_device` copies regions of
   the mapping into them and from them to fresh device tensors, so that copying chunk k + 1
