@@ -42,6 +42,7 @@ of a smaller one (the engine README has the figures).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -59,7 +60,7 @@ import numpy as np
 import xxhash
 
 from alphatriangle.data.checkpoint._fields import CHECKSUM, is_int
-from alphatriangle.data.checkpoint.commit import write_new_file
+from alphatriangle.data.checkpoint.commit import write_new_file, write_new_file_direct
 from alphatriangle.data.checkpoint.errors import CheckpointError, corrupt_file
 from alphatriangle.data.checkpoint.signing import FILE_DIGEST, ChunkedDigest
 
@@ -254,11 +255,15 @@ def write_parts(
     *,
     signed: bool,
     arrays: Sequence[tuple[int, int]] = (),
+    padded: memoryview | None = None,
 ) -> WrittenParts:
     """Write ``data`` as the parts of ``data_name`` into ``directory`` (a temporary step
     directory), cut where its ``arrays`` (offset, size) lie (:func:`plan_spans`), linking
-    each part whose digest ``shareable`` holds (see :func:`shareable_parts`). Every file is
-    fsynced before this returns."""
+    each part whose digest ``shareable`` holds (see :func:`shareable_parts`). With
+    ``padded`` (``data`` in page-aligned memory, padded to whole pages), new parts are
+    written with O_DIRECT, as whole data files are: the page cache is filled by reading, in
+    the large folios a mapping takes whole (:func:`map_parts`). Every file is fsynced before
+    this returns."""
     view = memoryview(data).cast("B")
     spans = plan_spans(view.nbytes, arrays)
     entries: dict[str, dict[str, Any]] = {}
@@ -274,7 +279,10 @@ def write_parts(
         if source is not None and _link(source[0], directory / name, size):
             entry[CHECKSUM] = source[1][CHECKSUM]  # the same bytes: the same checksum
         else:
-            write_new_file(directory / name, piece)
+            if padded is None:
+                write_new_file(directory / name, piece)
+            else:
+                write_new_file_direct(directory / name, padded[offset:][: _page_ceil(size)], size)
             entry[CHECKSUM] = xxhash.xxh3_64_hexdigest(piece)
             written += size
         entries[name] = entry
@@ -355,8 +363,8 @@ def read_parts(
         reader.pread(out.data.cast("B"), 0)
 
 
-def _libc() -> tuple[Any, Any]:
-    """libc's ``mmap`` (to map at a fixed address) and ``mincore``."""
+def _libc() -> Any:
+    """libc's ``mmap``, to map at a fixed address."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [
@@ -367,12 +375,21 @@ def _libc() -> tuple[Any, Any]:
         ctypes.c_int,
         ctypes.c_long,
     ]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    return libc.mmap, libc.mincore
+    return libc.mmap
 
 
 _MAP_FIXED = getattr(mmap, "MAP_FIXED", 0x10)  # Python < 3.13 does not export it
-_mmap_fixed, _mincore = _libc() if sys.platform.startswith("linux") else (None, None)
+_mmap_fixed = _libc() if sys.platform.startswith("linux") else None
+
+
+def _huge_pages(region: mmap.mmap, offset: int, length: int) -> None:
+    """Advise huge pages for the parts mapped over ``region[offset:offset + length]``: a
+    fault on a part not in the page cache reads it in the largest folios that fit it (one
+    2 MiB folio for a 2 MiB part, which the mapping then takes with one page-table entry),
+    and a fault maps a whole folio. (``MADV_WILLNEED`` would read the parts in 4 KiB pages,
+    faulted in 64 KiB at a time ever after.) Nothing where the kernel has no such advice."""
+    with contextlib.suppress(AttributeError, OSError):
+        region.madvise(mmap.MADV_HUGEPAGE, offset, length)
 
 
 def map_parts(
@@ -385,12 +402,7 @@ def map_parts(
     Without ``MAP_FIXED`` (not Linux), or with parts that are not whole pages of this
     machine, the parts are read instead."""
     total = sum(size for _, size in parts)
-    if (
-        _mmap_fixed is None
-        or _mincore is None
-        or total == 0
-        or any(size % _PAGE for _, size in parts[:-1])
-    ):
+    if _mmap_fixed is None or total == 0 or any(size % _PAGE for _, size in parts[:-1]):
         out = np.empty(total, dtype=np.uint8)
         read_parts(parts, out, step)
         return out
@@ -399,7 +411,6 @@ def map_parts(
     start = ctypes.addressof(ctypes.c_char.from_buffer(region))
     skip = -start % MAX_PART
     base = start + skip
-    resident = ctypes.c_ubyte()
     offset = 0
     for path, size in parts:
         fd = open_listed(path, step, size)
@@ -419,13 +430,8 @@ def map_parts(
             raise CheckpointError(
                 f"cannot map {path}: {os.strerror(ctypes.get_errno())}", path=path, step=step
             )
-        # Read ahead a part not in the page cache (its last page tells: a part is written
-        # and read whole); asking for a cached one costs a page-cache lookup per page.
-        if _mincore(address + length - _PAGE, _PAGE, ctypes.byref(resident)) or not (
-            resident.value & 1
-        ):
-            region.madvise(mmap.MADV_WILLNEED, skip + offset, length)
         offset += size
+    _huge_pages(region, skip, room)
     return np.frombuffer(region, dtype=np.uint8, count=total, offset=skip)
 
 

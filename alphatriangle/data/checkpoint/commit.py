@@ -13,6 +13,7 @@ else (:func:`fsync_files`: a step downloaded from remote storage).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ __all__ = [
     "write_all",
     "write_file_atomically",
     "write_new_file",
+    "write_new_file_direct",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,40 @@ def write_new_file(path: Path, *pieces: memoryview) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+
+
+def write_new_file_direct(path: Path, padded: memoryview, size: int) -> None:
+    """:func:`write_new_file` of ``padded[:size]``, where ``padded`` is page-aligned memory of
+    whole pages: written with O_DIRECT (no copy into the page cache; the file trimmed to
+    ``size``), or buffered where the file system refuses O_DIRECT (tmpfs, some network file
+    systems)."""
+    if not _O_DIRECT or not _write_direct(path, padded, size):
+        write_new_file(path, padded[:size])
+
+
+def _write_direct(path: Path, padded: memoryview, size: int) -> bool:
+    """Write ``padded`` with O_DIRECT, then trim to ``size``; False when refused."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _O_DIRECT, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    try:
+        write_all(fd, padded)
+        os.ftruncate(fd, size)
+        os.fsync(fd)  # O_DIRECT bypasses the page cache, not the metadata journal
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.EINVAL:
+            path.unlink()
+            return False
+        raise
+    os.close(fd)
+    return True
 
 
 def _fsync(path: Path, flags: int) -> None:

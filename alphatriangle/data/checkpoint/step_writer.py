@@ -6,9 +6,9 @@ step_000002500/
     manifest.json            written last (``manifest.py``): every file below, with its size
                              and xxh3-64 checksum (and SHA-256 when signed)
     <item>.data              every tensor and array of the item, raw bytes, 64-byte aligned
-    <item>.data.000000 ...   or, for incremental saves, the same bytes as 1 MiB parts, each
-                             a hard link to an equal part of the previous step when it has
-                             one (``_chunks.py``)
+    <item>.data.000000 ...   or, for incremental saves, the same bytes as parts cut where
+                             the arrays lie, each a hard link to an equal part of the
+                             previous step when it has one (``_chunks.py``)
     <item>.index.json        the item's tree and array table (``index.py``)
     <item>.objects.pkl       only when the item has leaves that are neither arrays nor plain
                              scalars: those, cloudpickled together (``tree.py``)
@@ -17,15 +17,13 @@ The step writer writes a list of files (:func:`write_files`) and returns their m
 entries; :func:`write_step_files` is that list for the staged items of one step, then the
 manifest listing them. Guarantee: every file is fsynced before this returns (the directory
 itself is fsynced by ``commit.py``). Cost: large files are hashed on a side thread while they
-are written, and page-aligned data goes to the device with O_DIRECT (no copy into the page
-cache).
+are written, and page-aligned data (whole data files, and new parts) goes to the device with
+O_DIRECT (no copy into the page cache).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from alphatriangle.data.checkpoint._chunks import is_parted, shareable_parts, wr
 from alphatriangle.data.checkpoint._fields import CHECKSUM, canonical
 from alphatriangle.data.checkpoint._verified_files import HashThread
 from alphatriangle.data.checkpoint.catalog import StepCatalog
-from alphatriangle.data.checkpoint.commit import write_all, write_new_file
+from alphatriangle.data.checkpoint.commit import write_new_file, write_new_file_direct
 from alphatriangle.data.checkpoint.errors import CheckpointError
 from alphatriangle.data.checkpoint.index import encode_index
 from alphatriangle.data.checkpoint.layout import (
@@ -62,8 +60,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
-
 
 @dataclass
 class StepFile:
@@ -77,29 +73,6 @@ class StepFile:
     padded: memoryview | None = None
     regions: list[tuple[int, int]] = field(default_factory=list)
     region_digests: list[str] = field(default_factory=list)
-
-
-def _write_direct(path: Path, padded: memoryview, size: int) -> bool:
-    """Write ``padded`` (page-aligned, whole pages) with O_DIRECT, then trim to ``size``.
-    False when the file system refuses O_DIRECT (tmpfs, some network file systems)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _O_DIRECT, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            return False
-        raise
-    try:
-        write_all(fd, padded)
-        os.ftruncate(fd, size)
-        os.fsync(fd)  # O_DIRECT bypasses the page cache, not the metadata journal
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno == errno.EINVAL:
-            path.unlink()
-            return False
-        raise
-    os.close(fd)
-    return True
 
 
 def _checksum(
@@ -171,9 +144,10 @@ def _write_file(directory: Path, file: StepFile, *, signed: bool) -> dict[str, A
     hashes = _Hashes(file, view, signed=signed, threaded=threaded)
     path = directory / file.name
     try:
-        padded = file.padded
-        if padded is None or not _O_DIRECT or not _write_direct(path, padded, view.nbytes):
+        if file.padded is None:
             write_new_file(path, view)
+        else:
+            write_new_file_direct(path, file.padded, view.nbytes)
     finally:
         hashes.finish()
     return hashes.entry()
@@ -192,7 +166,13 @@ def _write_parted(
     hashes = _Hashes(file, view, signed=signed, threaded=True)
     try:
         parts = write_parts(
-            directory, file.name, view, shareable, signed=signed, arrays=file.regions
+            directory,
+            file.name,
+            view,
+            shareable,
+            signed=signed,
+            arrays=file.regions,
+            padded=file.padded,
         )
     finally:
         hashes.finish()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -197,6 +198,21 @@ def test_reading_ranges_whole_and_mapped(tmp_path: Path) -> None:
     # parts that are not whole pages but the last cannot be mapped side by side: read
     swapped = map_parts([parts[-1], parts[0]], step=5)
     assert swapped.tobytes() == data[3 * PART :] + data[:PART]
+
+
+def test_parts_from_page_aligned_memory_are_written_directly(tmp_path: Path) -> None:
+    nbytes = 3 * PART + 1000
+    memory = mmap.mmap(-1, 4 * PART)  # page-aligned, whole pages: what staging hands over
+    memory[:nbytes] = _data(nbytes)
+    padded = memoryview(memory)[: 4 * PART]
+    directory = _step(tmp_path, "a")
+    written = write_parts(directory, "x.data", padded[:nbytes], {}, signed=False, padded=padded)
+    assert written.written_bytes == nbytes
+    parts = _parts(directory, written.entries)
+    assert [size for _, size in parts] == [PART, PART, PART, 1000]
+    assert b"".join(path.read_bytes() for path, _ in parts) == memory[:nbytes]
+    for name, entry in written.entries.items():
+        assert entry["xxh3_64"] == xxhash.xxh3_64_hexdigest((directory / name).read_bytes())
 
 
 def test_two_mib_parts_are_mapped_on_two_mib_boundaries(tmp_path: Path) -> None:
