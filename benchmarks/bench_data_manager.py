@@ -1,7 +1,7 @@
 """``save_training_state`` and ``load_initial_state`` against alphatriangle 1.0.0's way.
 
     python benchmarks/bench_data_manager.py [--experiences 250000] [--policy-entries 360]
-        [--repeats 3] [--new 1000] [--updates 256] [--saves 6] [--keep 3]
+        [--repeats 3] [--new 1000] [--updates 256] [--saves 6] [--keep 3] [--whole-first]
 
 The state: the default network, its Adam state and a full replay buffer of the 1.0.0 shapes.
 Baselines, measured in the same run: 1.0.0's save, reimplemented here (a ``CheckpointData``
@@ -16,7 +16,8 @@ Then the buffer's incremental saves: two DataManagers save the same states ``--s
 two saves the buffer takes ``--new`` experiences and ``--updates`` priority updates. Measured:
 the bytes each save writes for the buffer (its files no other step links), the disk the
 kept steps' buffer files take (each file once), the stall, and ``load_initial_state`` of the
-newest step (interleaved, page cache warm).
+newest step (interleaved, page cache warm). The DataManager created first stalls a few
+percent longer whatever it saves (see ``bench_incremental.py``): ``--whole-first`` swaps.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main() -> None:  # noqa: PLR0915 - one scenario, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__)
     for name, default in OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    parser.add_argument("--whole-first", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_dm_"))
     rng = np.random.default_rng(0)
@@ -242,6 +244,8 @@ def _incremental_saves(
     """The buffer saved ``args.saves`` times, incrementally and whole (see the docstring)."""
     root = Path(tempfile.mkdtemp(prefix="bench_dm_incremental_"))
     kinds = {"incremental": True, "whole": False}
+    if args.whole_first:
+        kinds = {"whole": False, "incremental": True}
     persists = {
         kind: PersistenceConfig(
             ROOT_DATA_DIR=str(root / kind),
@@ -294,6 +298,7 @@ def _incremental_saves(
         "stall incremental": stalls["incremental"][1:],
         "load whole": loads["whole"],
         "load incremental": loads["incremental"],
+        "created_first": next(iter(kinds)),
         "new": args.new,
         "updates": args.updates,
         "keep": args.keep,
