@@ -28,16 +28,17 @@ Guarantees:
   signed manifest lists: an adversary who can build xxh3 collisions cannot make a part
   shared whose bytes differ). The new step's manifest lists every part with its own digests:
   a part damaged on disk is named by every step that links it, by restore and by verify;
-- a new part is written and fsynced inside the step's temporary directory; a link is a
+- a new part is written (with O_DIRECT when staged in page-aligned memory, as a whole data
+  file is) and fsynced inside the step's temporary directory; a link is a
   directory entry of it: the commit's fsync of that directory makes both durable;
 - reading maps the parts side by side into one contiguous copy-on-write region
   (:func:`map_parts`: no copy, as a whole data file is mapped), or reads them
   (:func:`read_parts`, :class:`PartedFile` for ranges). A reader takes the parts' sizes from
   the manifest (whole pages but the last): steps cut by another plan read alike.
 Cost: one xxh3-128 pass (SHA-256 when signed) over the data at save to find the shared
-parts, one write, fsync and checksum per new part, one ``link`` per shared part; at restore,
-a ``mmap`` and a ``mincore`` call per part, and a page fault per 2 MiB part but per 64 KiB
-of a smaller one (the engine README has the figures).
+parts, one O_DIRECT write, fsync and checksum per new part, one ``link`` per shared part;
+at restore, an ``open`` and a ``mmap`` per part, and a page fault per folio (one per 2 MiB
+part: see :func:`map_parts`; the engine README has the figures).
 """
 
 from __future__ import annotations
