@@ -33,7 +33,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import torch
-from _common import report
+from _common import incremental_kinds, report
 
 from alphatriangle.config import EnvConfig, ModelConfig, PersistenceConfig, TrainConfig
 from alphatriangle.data import BufferData, CheckpointData, DataManager
@@ -243,9 +243,7 @@ def _incremental_saves(
 ) -> dict[str, Any]:
     """The buffer saved ``args.saves`` times, incrementally and whole (see the docstring)."""
     root = Path(tempfile.mkdtemp(prefix="bench_dm_incremental_"))
-    kinds = {"incremental": True, "whole": False}
-    if args.whole_first:
-        kinds = {"whole": False, "incremental": True}
+    kinds = incremental_kinds(whole_first=args.whole_first)
     persists = {
         kind: PersistenceConfig(
             ROOT_DATA_DIR=str(root / kind),

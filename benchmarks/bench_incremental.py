@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import report
+from _common import incremental_kinds, report
 
 from alphatriangle.config import TrainConfig
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
@@ -82,9 +82,7 @@ def main() -> None:
     for start in range(0, args.experiences, 10_000):
         buffer.add_batch(_batch(min(10_000, args.experiences - start), rng))
     root = Path(tempfile.mkdtemp(prefix="bench_incremental_"))
-    kinds = {"incremental": True, "whole": False}
-    if args.whole_first:
-        kinds = {"whole": False, "incremental": True}
+    kinds = incremental_kinds(whole_first=args.whole_first)
     managers = {
         kind: CheckpointManager(
             root / kind,

@@ -10,8 +10,21 @@ from helpers import assert_tree_equal
 from typer.testing import CliRunner
 
 from alphatriangle.cli import app
+from alphatriangle.config import PersistenceConfig, TrainConfig
 from alphatriangle.data import DataManager
 from alphatriangle.data.checkpoint import step_usage
+
+
+def _assert_resumes_exactly(persist: PersistenceConfig, train: TrainConfig, parts: Parts) -> None:
+    """A fresh set of parts resumed from the run holds the saved buffer, row for row."""
+    again = Parts(train, seed=5)
+    with DataManager(persist, train) as dm:
+        loaded = dm.load_initial_state()
+        DataManager.apply_loaded_state(loaded, again.nn, again.optimizer, buffer=again.buffer)
+    assert_tree_equal(
+        {k: v for k, v in again.buffer.state_dict().items() if k != "rng"},
+        {k: v for k, v in parts.buffer.state_dict().items() if k != "rng"},
+    )
 
 
 def test_a_buffer_save_writes_what_changed_and_resumes_exactly(tmp_path: Path) -> None:
@@ -39,14 +52,7 @@ def test_a_buffer_save_writes_what_changed_and_resumes_exactly(tmp_path: Path) -
     assert listed.exit_code == 0, listed.output
     line = next(line for line in listed.output.splitlines() if line.split()[:1] == ["10"])
     assert f"{own / 1e6:.1f} MB own" in line and f"{shared / 1e6:.1f} MB shared" in line
-    again = Parts(train, seed=5)
-    with DataManager(persist, train) as dm:
-        loaded = dm.load_initial_state()
-        DataManager.apply_loaded_state(loaded, again.nn, again.optimizer, buffer=again.buffer)
-    assert_tree_equal(
-        {k: v for k, v in again.buffer.state_dict().items() if k != "rng"},
-        {k: v for k, v in parts.buffer.state_dict().items() if k != "rng"},
-    )
+    _assert_resumes_exactly(persist, train, parts)
 
 
 def test_incremental_buffer_saves_can_be_turned_off(tmp_path: Path) -> None:
@@ -61,11 +67,4 @@ def test_incremental_buffer_saves_can_be_turned_off(tmp_path: Path) -> None:
         dm.wait_until_finished()
     assert (second / "buffer.data").is_file()  # whole, as every item without parts
     assert not list(second.glob("buffer.data.*")) and step_usage(second)[1] == 0
-    again = Parts(train, seed=5)
-    with DataManager(persist, train) as dm:
-        loaded = dm.load_initial_state()
-        DataManager.apply_loaded_state(loaded, again.nn, again.optimizer, buffer=again.buffer)
-    assert_tree_equal(
-        {k: v for k, v in again.buffer.state_dict().items() if k != "rng"},
-        {k: v for k, v in parts.buffer.state_dict().items() if k != "rng"},
-    )
+    _assert_resumes_exactly(persist, train, parts)
