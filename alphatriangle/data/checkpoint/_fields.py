@@ -1,8 +1,9 @@
 """The strict field checks every parser of a step's JSON shares (manifest, index): JSON that
 holds no NaN or infinity, exact ints, finite numbers, hex digests, and the one spelling of a
-non-finite float. Guarantee: a field that fails a check is never used; the caller names the
-file in a :class:`~alphatriangle.data.checkpoint.errors.CheckpointCorruptError`. Cost: nothing
-beyond ``json``."""
+non-finite float; and :class:`ParsedCache`, the last parses kept by the bytes parsed.
+Guarantee: a field that fails a check is never used; the caller names the file in a
+:class:`~alphatriangle.data.checkpoint.errors.CheckpointCorruptError`. Cost: nothing beyond
+``json``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from typing import Any, Generic, TypeVar
 
 from alphatriangle.data.checkpoint.errors import corrupt_file
 from alphatriangle.data.checkpoint.signing import FILE_DIGEST
@@ -20,6 +23,7 @@ __all__ = [
     "CHECKSUM",
     "HEX_PATTERNS",
     "NON_FINITE",
+    "ParsedCache",
     "canonical",
     "is_int",
     "is_number",
@@ -56,3 +60,33 @@ def is_int(value: object) -> bool:
 def is_number(value: object) -> bool:
     """An int or a finite float."""
     return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+_Key = TypeVar("_Key", bound=Hashable)
+_Parsed = TypeVar("_Parsed")
+
+
+class ParsedCache(Generic[_Key, _Parsed]):
+    """The last parses of a step's JSON files, keyed by the bytes parsed (with whatever else
+    they were checked against): reading the same bytes again (a step listed, then restored;
+    a step restored again) skips parsing and checking them, never reading them, and bytes
+    that changed are parsed anew. Bounded (least recently used out); safe across threads. A
+    parse is shared by every reader of those bytes: read only."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[_Key, _Parsed] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _Key) -> _Parsed | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: _Key, parsed: _Parsed) -> None:
+        with self._lock:
+            self._entries[key] = parsed
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 from alphatriangle.data.checkpoint._fields import (
     CHECKSUM,
     HEX_PATTERNS,
+    ParsedCache,
     canonical,
     is_int,
     parse_json,
@@ -191,8 +190,7 @@ def _check_views(specs: list[ArraySpec]) -> None:
 
 _PARSED_ENTRIES = 8  # indexes kept parsed: a few items of a few steps
 _PARSED_MAX_BYTES = 1 << 20  # larger indexes (tens of thousands of arrays) are parsed each time
-_parsed: OrderedDict[tuple[bytes, str, int], Index] = OrderedDict()
-_parsed_lock = threading.Lock()
+_parsed: ParsedCache[tuple[bytes, str, int], Index] = ParsedCache(_PARSED_ENTRIES)
 
 
 def parse_index(data: bytes, path: Path, step: int, *, data_name: str, data_size: int) -> Index:
@@ -200,17 +198,11 @@ def parse_index(data: bytes, path: Path, step: int, *, data_name: str, data_size
     file ``data_name``, which must end where the last array ends. Bytes identical to ones
     parsed before (with the same data file name and size) return that parse (read only)."""
     key = (data, data_name, data_size)
-    with _parsed_lock:
-        found = _parsed.get(key)
-        if found is not None:
-            _parsed.move_to_end(key)
-            return found
-    index = _parse_index(data, path, step, data_name=data_name, data_size=data_size)
-    if len(data) <= _PARSED_MAX_BYTES:
-        with _parsed_lock:
-            _parsed[key] = index
-            while len(_parsed) > _PARSED_ENTRIES:
-                _parsed.popitem(last=False)
+    index = _parsed.get(key)
+    if index is None:
+        index = _parse_index(data, path, step, data_name=data_name, data_size=data_size)
+        if len(data) <= _PARSED_MAX_BYTES:
+            _parsed.put(key, index)
     return index
 
 

@@ -22,8 +22,6 @@ import math
 import numbers
 import os
 import platform
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from alphatriangle.data.checkpoint._fields import (
     CHECKSUM,
     HEX_PATTERNS,
     NON_FINITE,
+    ParsedCache,
     canonical,
     is_int,
     is_number,
@@ -207,32 +206,7 @@ def read_manifest(
     return manifest
 
 
-class _ParsedManifests:
-    """The last manifests parsed, by their exact bytes: reading the same bytes again (the
-    catalog lists a step, then a restore reads it; a step restored again) skips parsing
-    and checking them, not reading them. Bounded; safe across threads. A manifest's
-    ``raw`` and ``files`` are shared by every reader of those bytes: read-only."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: OrderedDict[bytes, Manifest] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, data: bytes) -> Manifest | None:
-        with self._lock:
-            found = self._entries.get(data)
-            if found is not None:
-                self._entries.move_to_end(data)
-            return found
-
-    def put(self, data: bytes, manifest: Manifest) -> None:
-        with self._lock:
-            self._entries[data] = manifest
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-
-_PARSED = _ParsedManifests(64)
+_PARSED: ParsedCache[bytes, Manifest] = ParsedCache(64)  # by the manifest's bytes
 
 
 def _parse_bytes(data: bytes, path: str, step: int | None) -> Manifest:
