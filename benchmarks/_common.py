@@ -10,7 +10,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -227,3 +227,12 @@ def incremental_kinds(*, whole_first: bool) -> dict[str, bool]:
     stalls a few percent longer whatever it saves."""
     kinds = {"incremental": True, "whole": False}
     return dict(reversed(kinds.items())) if whole_first else kinds
+
+
+def disk_bytes(files: Iterable[Path]) -> int:
+    """The bytes ``files`` take on disk, a file with several names (hard links) once."""
+    inodes = {}
+    for path in files:
+        info = path.lstat()
+        inodes[(info.st_dev, info.st_ino)] = info.st_size
+    return sum(inodes.values())

@@ -33,7 +33,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import torch
-from _common import incremental_kinds, report
+from _common import disk_bytes, incremental_kinds, report
 
 from alphatriangle.config import EnvConfig, ModelConfig, PersistenceConfig, TrainConfig
 from alphatriangle.data import BufferData, CheckpointData, DataManager
@@ -222,16 +222,6 @@ def _buffer_files(step_dir: Path) -> list[os.stat_result]:
     return [path.stat() for path in step_dir.glob("buffer.*")]
 
 
-def _buffer_disk(checkpoint_dir: Path) -> int:
-    """The bytes the buffer files of every step take on disk, each file once."""
-    inodes = {
-        (f.st_dev, f.st_ino): f.st_size
-        for step_dir in checkpoint_dir.glob("step_*")
-        for f in _buffer_files(step_dir)
-    }
-    return sum(inodes.values())
-
-
 def _incremental_saves(
     args: argparse.Namespace,
     *,
@@ -274,7 +264,7 @@ def _incremental_saves(
                 files = _buffer_files(step_dir)
                 assert files, "the buffer was not saved"
                 written[kind].append(sum(f.st_size for f in files if f.st_nlink == 1))
-                disk[kind].append(_buffer_disk(dm.checkpoint_dir))
+                disk[kind].append(disk_bytes(dm.checkpoint_dir.glob("step_*/buffer.*")))
             _fill(buffer, args.new, args.policy_entries, rng)
             sample = buffer.sample(args.updates)
             assert sample is not None

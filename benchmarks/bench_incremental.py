@@ -19,7 +19,6 @@ incremental one is created first unless ``--whole-first``: run both ways.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import incremental_kinds, report
+from _common import disk_bytes, incremental_kinds, report
 
 from alphatriangle.config import TrainConfig
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
@@ -45,16 +44,6 @@ def _batch(count: int, rng: np.random.Generator) -> ColumnarBatch:
         policy_target=rng.random((count, 360), dtype=np.float32),
         value_target=rng.standard_normal(count),
     )
-
-
-def _disk(directory: Path) -> int:
-    """Bytes of every file under ``directory``, each inode once."""
-    seen: dict[tuple[int, int], int] = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            info = os.lstat(os.path.join(root, name))  # noqa: PTH118
-            seen[(info.st_dev, info.st_ino)] = info.st_size
-    return sum(seen.values())
 
 
 def _restores(managers: dict[str, CheckpointManager], step: int) -> dict[str, list[float]]:
@@ -108,7 +97,9 @@ def main() -> None:
             sample = buffer.sample(args.updates)
             assert sample is not None
             buffer.update_priorities(sample["indices"], rng.random(args.updates))
-        disk = {kind: _disk(root / kind) for kind in kinds}
+        disk = {
+            kind: disk_bytes(f for f in (root / kind).rglob("*") if f.is_file()) for kind in kinds
+        }
         restores = _restores(managers, args.saves)
     finally:
         for manager in managers.values():
