@@ -6,6 +6,7 @@ fails in a rank fails the test with that rank's traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -394,6 +395,8 @@ def killed_mid_save(rank: int, world: int, directory: str, victim: int, outcome:
 def killed_before_commit(rank: int, world: int, directory: str) -> None:
     """Step 1 commits; during step 2 every rank is SIGKILLed once rank 0 has written the
     shards index, between the ranks' data writes and the commit."""
+    from alphatriangle.data.checkpoint.errors import CheckpointError
+
     root = Path(directory)
     mesh = init_device_mesh("cpu", (world,))
     weights = distribute_tensor(torch.arange(world * 1024.0), mesh, [Shard(0)])
@@ -408,5 +411,8 @@ def killed_before_commit(rank: int, world: int, directory: str) -> None:
     threading.Thread(target=kill_at_commit, daemon=True).start()
     with torch.no_grad():
         weights.to_local().add_(1)
-    manager.save(2, {"weights": weights}).result()
+    # The other rank may be killed first (it saw the index too) and this save fail: this
+    # rank's kill is moments away all the same.
+    with contextlib.suppress(CheckpointError):
+        manager.save(2, {"weights": weights}).result()
     time.sleep(GROUP_TIMEOUT_S)  # the kill comes first
