@@ -314,29 +314,27 @@ _TORCH_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
 def _signature(leaves: list[Any]) -> tuple[list[Any], ...] | None:
-    """What the layout of ``leaves`` depends on (types, dtypes, shapes, devices, layouts,
-    ``requires_grad``), as one list per attribute: cheap to build and to compare for many
-    small leaves. None when a leaf cannot say (e.g. a nested tensor has no shape)."""
+    """What the layout of ``leaves`` depends on (types, dtypes, shapes; for tensors also
+    devices, layouts, ``requires_grad``), as one list per attribute: cheap to build and to
+    compare for many small leaves. None when a leaf cannot say (e.g. a nested tensor has no
+    shape)."""
     types = [type(leaf) for leaf in leaves]
+    tensors = (
+        leaves
+        if _TORCH_TYPES.issuperset(types)
+        else [leaf for leaf in leaves if not isinstance(leaf, np.ndarray)]
+    )
     try:
-        if _TORCH_TYPES.issuperset(types):
-            return (
-                types,
-                [leaf.dtype for leaf in leaves],
-                [leaf.shape for leaf in leaves],
-                [leaf.device for leaf in leaves],
-                [leaf.layout for leaf in leaves],
-                [leaf.requires_grad for leaf in leaves],
-            )
-        return (types, [_leaf_key(leaf) for leaf in leaves])
+        return (
+            types,
+            [leaf.dtype for leaf in leaves],
+            [leaf.shape for leaf in leaves],
+            [tensor.device for tensor in tensors],
+            [tensor.layout for tensor in tensors],
+            [tensor.requires_grad for tensor in tensors],
+        )
     except (RuntimeError, AttributeError):
         return None
-
-
-def _leaf_key(leaf: Any) -> tuple[Any, ...]:
-    if isinstance(leaf, np.ndarray):
-        return (leaf.dtype, leaf.shape)
-    return (leaf.dtype, leaf.shape, leaf.device, leaf.layout, leaf.requires_grad)
 
 
 @dataclass

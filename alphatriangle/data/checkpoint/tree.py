@@ -59,6 +59,7 @@ JsonTree = Any  # None | bool | int | float | str | list | dict: what json.dumps
 _TAGS = frozenset({"a", "o", "f", "l", "t", "d", "od", "da", "oda"})
 _RAW_TYPES = frozenset({torch.Tensor, torch.nn.Parameter, np.ndarray})
 _KEY_TYPES = frozenset({str, int})  # exactly: a bool key is not compacted
+_PLAIN_TYPES = frozenset({type(None), bool, int, str})  # encoded as themselves
 
 
 class TreeError(ValueError):
@@ -103,13 +104,23 @@ class TreeEncoder:
                     self.compacted = True
                     return {"da" if kind is dict else "oda": [first, list(value)]}
             tag = "d" if kind is dict else "od"
-            return {tag: [[self.encode(k, inner), self.encode(v, inner)] for k, v in value.items()]}
-        if kind is list:
-            assert isinstance(value, list)
-            return {"l": [self.encode(v, inner) for v in value]}
-        if kind is tuple:
-            assert isinstance(value, tuple)
-            return {"t": [self.encode(v, inner) for v in value]}
+            encode = self.encode
+            return {
+                tag: [
+                    [
+                        k if type(k) in _PLAIN_TYPES else encode(k, inner),
+                        v if type(v) in _PLAIN_TYPES else encode(v, inner),
+                    ]
+                    for k, v in value.items()
+                ]
+            }
+        if kind is list or kind is tuple:
+            assert isinstance(value, (list, tuple))
+            tag = "l" if kind is list else "t"
+            if _PLAIN_TYPES.issuperset(map(type, value)):  # e.g. a param group's indices
+                return {tag: list(value)}
+            encode = self.encode
+            return {tag: [v if type(v) in _PLAIN_TYPES else encode(v, inner) for v in value]}
         if is_array_leaf(value):
             return {"a": self.add_leaf(value)}  # type: ignore[arg-type]
         self.objects.append(value)

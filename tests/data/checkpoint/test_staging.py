@@ -34,39 +34,46 @@ def test_sequences_of_trees_through_one_manager_round_trip(
     _save_all(tmp_path_factory.mktemp("seq"), states)
 
 
-def _model(**changes: Any) -> OrderedDict[str, Any]:
+def _model(*, mixed: bool = False, **changes: Any) -> OrderedDict[str, Any]:
+    """Five float tensors; ``mixed``: a numpy array among them (the signature of a mixed
+    state is built another way than an all-torch one's)."""
     state: OrderedDict[str, Any] = OrderedDict(
         (f"layer{i}.weight", torch.full((4, 3), float(i))) for i in range(5)
     )
+    if mixed:
+        state["counts"] = np.arange(6, dtype=np.int64)
     state.update(changes)
     return state
 
 
-VARIANTS = {
-    "same shapes, new values": _model(**{"layer0.weight": torch.full((4, 3), 9.0)}),
-    "a shape changed, same bytes": _model(**{"layer1.weight": torch.ones(3, 4)}),
-    "a dtype changed": _model(**{"layer2.weight": torch.ones(4, 3, dtype=torch.float64)}),
-    "requires_grad": _model(**{"layer3.weight": torch.ones(4, 3, requires_grad=True)}),
-    "a parameter": _model(**{"layer3.weight": torch.nn.Parameter(torch.ones(4, 3))}),
-    "numpy in place of torch": _model(**{"layer4.weight": np.ones((4, 3), np.float32)}),
-    "a sparse tensor": _model(**{"layer4.weight": torch.eye(3).to_sparse()}),
-    "a non-contiguous view": _model(**{"layer0.weight": torch.arange(24.0).view(3, 8)[:, ::2]}),
+VARIANTS: dict[str, dict[str, Any]] = {
+    "same shapes, new values": {"layer0.weight": torch.full((4, 3), 9.0)},
+    "a shape changed, same bytes": {"layer1.weight": torch.ones(3, 4)},
+    "a dtype changed": {"layer2.weight": torch.ones(4, 3, dtype=torch.float64)},
+    "requires_grad": {"layer3.weight": torch.ones(4, 3, requires_grad=True)},
+    "a parameter": {"layer3.weight": torch.nn.Parameter(torch.ones(4, 3))},
+    "numpy in place of torch": {"layer4.weight": np.ones((4, 3), np.float32)},
+    "a sparse tensor": {"layer4.weight": torch.eye(3).to_sparse()},
+    "a non-contiguous view": {"layer0.weight": torch.arange(24.0).view(3, 8)[:, ::2]},
+    "the array's dtype changed": {"counts": np.arange(6, dtype=np.int32)},
+    "the array's shape changed": {"counts": np.arange(6, dtype=np.int64).reshape(2, 3)},
 }
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["torch", "with numpy"])
 @pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
-def test_each_change_of_leaves_is_placed_anew(ckpt_dir: Path, variant: str) -> None:
-    changed = VARIANTS[variant]
+def test_each_change_of_leaves_is_placed_anew(ckpt_dir: Path, variant: str, mixed: bool) -> None:
+    changed = _model(mixed=mixed, **VARIANTS[variant])
     if variant == "a sparse tensor":
         with CheckpointManager(ckpt_dir) as manager:
-            manager.save(0, _model())
+            manager.save(0, _model(mixed=mixed))
             manager.save(1, changed)
             manager.wait_until_finished()
             # A sparse tensor travels through the pickle: only a trusted restore rebuilds it.
             restored = manager.restore(1, weights_only=False)["layer4.weight"]
         assert restored.is_sparse and torch.equal(restored.to_dense(), torch.eye(3))
         return
-    _save_all(ckpt_dir, [_model(), changed, _model()])
+    _save_all(ckpt_dir, [_model(mixed=mixed), changed, _model(mixed=mixed)])
 
 
 def test_the_placement_is_reused_while_leaves_fit_it() -> None:
