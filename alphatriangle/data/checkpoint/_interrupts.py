@@ -18,12 +18,11 @@ Python callable, or inside a call already deferring, nothing changes. Cost: thre
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, TypeVar, cast
 
@@ -112,12 +111,21 @@ def wait_interruptibly(wait: Callable[[float | None], bool]) -> None:
         deferral.deliver_now()
 
 
-@contextlib.contextmanager
-def holding(lock: threading.Lock | threading.RLock) -> Iterator[None]:
+class holding:  # noqa: N801 - used as ``with holding(lock):``, like a function
     """``with lock:`` whose wait for the lock a held Ctrl-C interrupts (see
-    :func:`wait_interruptibly`)."""
-    wait_interruptibly(lambda timeout: lock.acquire(timeout=-1 if timeout is None else timeout))
-    try:
-        yield
-    finally:
-        lock.release()
+    :func:`wait_interruptibly`); a free lock is taken at once."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: threading.Lock | threading.RLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        lock = self._lock
+        if not lock.acquire(blocking=False):
+            wait_interruptibly(
+                lambda timeout: lock.acquire(timeout=-1 if timeout is None else timeout)
+            )
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()

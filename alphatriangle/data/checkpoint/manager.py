@@ -100,6 +100,7 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
         lead = self._ranks is None or self._ranks.rank == 0
         self.skipped_steps: list[int] = []
         self._clock = clock
+        self._save_policy = self.options.save_decision()  # the options are frozen
         self._catalog = StepCatalog(self.directory, rescan_on_list=self.options.read_only)
         self._save_lock = threading.Lock()
         self._closed = False
@@ -176,7 +177,7 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
             last_step=None if last is None else last[0],
             last_time=None if last is None else last[1],
         )
-        return self.options.save_decision().should_save(context)
+        return self._save_policy.should_save(context)
 
     def saving_in_progress(self) -> bool:
         """Whether a save is staged and not yet committed (or failed)."""
@@ -237,7 +238,6 @@ class CheckpointManager(QueryMethods, RemoteStorageMethods, RankMethods):
                 info = StepInfo(step, self._clock(), checked_metrics, frozenset(trees))
                 job = self._save_job(info, trees, slot, replace)
                 handle = SaveHandle(step)
-                handle.staged.set_result(None)
                 self._catalog.begin_save(step)
                 writer.submit(
                     job,

@@ -135,7 +135,9 @@ class StagingPool:
 
     def acquire(self, *, block: bool) -> StagingSlot | None:
         with self._cond:
-            if not self._free and not block:
+            if self._free:
+                return self._free.pop()
+            if not block:
                 return None
             wait_interruptibly(
                 lambda timeout: self._cond.wait_for(lambda: bool(self._free), timeout)

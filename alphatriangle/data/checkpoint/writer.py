@@ -40,13 +40,21 @@ class SaveHandle:
     """
 
     step: int
-    staged: Future[None] = field(default_factory=Future)
     committed: Future[Path] = field(default_factory=Future)
+
+    @property
+    def staged(self) -> Future[None]:
+        """Done: ``save`` returns once the state is captured (one completed future shared
+        by every handle, as there is nothing left to wait for)."""
+        return _STAGED
 
     def result(self, timeout: float | None = None) -> Path:
         """Wait for the commit; the step's directory, or the save's error."""
         return self.committed.result(timeout)
 
+
+_STAGED: Future[None] = Future()
+_STAGED.set_result(None)
 
 _Job = tuple[Callable[[], Path], SaveHandle, Callable[[], None], Callable[[], None]]
 
