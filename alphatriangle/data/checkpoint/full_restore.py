@@ -8,7 +8,8 @@ those bytes, CUDA tensors streamed through pinned chunks (``_array_building.py``
 mapped is returned before its digest matched 6) unpickle the item's objects, if it has any:
 through the allow-list of ``_safe_unpickling.py`` by default, as they are with
 ``weights_only=False`` or a verified signature, never with ``weights_only=True`` 7) decode
-the tree (``tree.py``).
+the tree (``tree.py``). Steps 5 and, for an item without objects, 7 run while the checksum pass
+does; nothing is unpickled or returned before it matched.
 
 Guarantee: every byte used was verified; any violation raises
 :class:`~alphatriangle.data.checkpoint.errors.CheckpointCorruptError` naming the file. Cost:
@@ -171,18 +172,24 @@ def read_item(source: ItemRead, *, mode: str = "mmap", pinned: PinnedChunks | No
     if arena is None:
         arena = read_data(step_dir, manifest, data_name, verify=verify, signed=signed)
     specs = index.specs
+    has_objects = objects_file(item) in manifest.files
+    restored: Any = None
     try:
         arrays = arrays_in(
             arena, specs, step_dir, manifest.step, map_location=map_location, pinned=pinned
         )
-    finally:  # nothing mapped is returned before its digest matched
+        for position, spec in enumerate(specs):
+            if spec.view_of is not None:  # storages first: views are made of them
+                arrays[position] = make_view(arrays[spec.view_of], spec)
+        if not has_objects:  # while the checksum pass runs; returned only once it matched
+            restored = decode_item(step_dir, manifest, item, index.tree, arrays=arrays, objects=None)
+    finally:  # nothing mapped is returned (or unpickled) before its digest matched
         intact = digest is None or digest.hexdigest() == data_entry(manifest, data_name).get(
             FILE_DIGEST if signed else CHECKSUM
         )
     if not intact:
         raise data_mismatch(step_dir, manifest, data_name, signed=signed)
-    for position, spec in enumerate(specs):
-        if spec.view_of is not None:  # storages first: views are made of them
-            arrays[position] = make_view(arrays[spec.view_of], spec)
+    if not has_objects:
+        return restored
     objects = item_objects(step_dir, manifest, item, arrays, read)
     return decode_item(step_dir, manifest, item, index.tree, arrays=arrays, objects=objects)
