@@ -182,7 +182,8 @@ def read_item(source: ItemRead, *, mode: str = "mmap", pinned: PinnedChunks | No
             if spec.view_of is not None:  # storages first: views are made of them
                 arrays[position] = make_view(arrays[spec.view_of], spec)
         if not has_objects:  # while the checksum pass runs; returned only once it matched
-            restored = decode_item(step_dir, manifest, item, index.tree, arrays=arrays, objects=None)
+            tree = index.tree
+            restored = decode_item(step_dir, manifest, item, tree, arrays=arrays, objects=None)
     finally:  # nothing mapped is returned (or unpickled) before its digest matched
         intact = digest is None or digest.hexdigest() == data_entry(manifest, data_name).get(
             FILE_DIGEST if signed else CHECKSUM
