@@ -110,3 +110,22 @@ def test_large_tensors_are_copied_whatever_their_layout_becomes(ckpt_dir: Path) 
                 expected = value.detach().resolve_conj().resolve_neg()
                 assert torch.equal(restored[key].detach(), expected), (step, key)
             assert type(restored["w"]) is torch.nn.Parameter
+
+
+@pytest.mark.parametrize("grad_enabled", [True, False])
+def test_staging_copies_outside_autograd_and_leaves_grad_mode_as_it_was(
+    grad_enabled: bool,
+) -> None:
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    buffer = HostBuffer()
+    with torch.set_grad_enabled(grad_enabled):
+        for _ in range(2):  # the second save reuses the placement
+            staged = stage_state({"w": weight, "b": weight * 2}, buffer)
+            assert torch.is_grad_enabled() is grad_enabled
+    # No copy was recorded in a graph: the buffer's views hold bytes, not autograd history.
+    layout = buffer.staging_layout
+    assert layout is not None
+    assert not any(target.requires_grad for target in layout.targets)
+    spec = staged.arrays[0]  # the first leaf: "w"
+    held = buffer.tensor[spec.offset : spec.offset + spec.nbytes].view(torch.float32)
+    assert torch.equal(held.view(4, 3), weight.detach())
