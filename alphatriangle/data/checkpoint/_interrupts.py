@@ -31,7 +31,7 @@ __all__ = ["holding", "interrupts_deferred", "wait_interruptibly"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 _POLL_S = 0.05
 # The C functions behind ``signal.signal``/``getsignal``: the module's wrappers convert
-# handlers to enums, a failed enum lookup per call (13 of the 14 us two calls cost).
+# handlers to enums, a failed enum lookup per call (12 of the 13 us the three calls cost).
 _signal: Any = importlib.import_module("_signal")
 _SIGINT = int(signal.SIGINT)
 
