@@ -190,7 +190,7 @@ def read_item(source: ItemRead, *, mode: str = "mmap", pinned: PinnedChunks | No
         )
     if not intact:
         raise data_mismatch(step_dir, manifest, data_name, signed=signed)
-    if not has_objects:
-        return restored
-    objects = item_objects(step_dir, manifest, item, arrays, read)
-    return decode_item(step_dir, manifest, item, index.tree, arrays=arrays, objects=objects)
+    if has_objects:
+        objects = item_objects(step_dir, manifest, item, arrays, read)
+        restored = decode_item(step_dir, manifest, item, index.tree, arrays=arrays, objects=objects)
+    return restored
