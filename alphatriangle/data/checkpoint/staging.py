@@ -32,6 +32,7 @@ import torch
 
 from alphatriangle.data.checkpoint._chunks import part_size
 from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
+from alphatriangle.data.checkpoint._staging_copy import CopyPlan
 from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, ArraySpec, is_array_leaf
 from alphatriangle.data.checkpoint.tree import JsonTree, TreeEncoder
 
@@ -350,9 +351,7 @@ class _StagingLayout:
     nbytes: int
     groups: list[_SharedStorage]
     sources: list[int] | None  # per data entry, its leaf (or -1 - g); None: the leaves
-    targets: list[Any]  # per data entry, its view of the buffer (tensor or ndarray)
-    cpu_tensors: list[int] | None  # entries copied with one batched call; None: all of them
-    others: list[int]  # numpy arrays and CUDA tensors, copied one by one
+    copies: CopyPlan  # per data entry, its view of the buffer and how it is copied there
 
     def fits(self, leaves: list[Any], *, parted: bool) -> bool:
         """Whether ``leaves`` can be staged with this placement."""
@@ -378,35 +377,27 @@ def _plan(leaves: list[Any], buffer: HostBuffer, *, parted: bool) -> _StagingLay
     buffer.ensure(nbytes, pinned=needs_pinned)
     buffer.clear_padding(data_specs, nbytes)
     targets: list[Any] = []
-    cpu_tensors: list[int] = []
-    others: list[int] = []
-    for entry, (source, spec) in enumerate(zip(sources, data_specs, strict=True)):
+    data_sources: list[Any] = []
+    for source, spec in zip(sources, data_specs, strict=True):
         region = slice(spec.offset, spec.offset + spec.nbytes)
         leaf = leaves[source] if source >= 0 else groups[-1 - source].source(leaves)
+        data_sources.append(leaf)
         if isinstance(leaf, np.ndarray):
             targets.append(buffer.array[region].view(leaf.dtype).reshape(leaf.shape))
-            others.append(entry)
-            continue
-        if leaf.dtype in BYTE_COPIED:  # no copy kernel: its bytes are copied as uint8
+        elif leaf.dtype in BYTE_COPIED:  # no copy kernel: its bytes are copied as uint8
             targets.append(buffer.tensor[region].view(leaf.shape))
-            others.append(entry)
-            continue
-        targets.append(buffer.tensor[region].view(leaf.dtype).view(leaf.shape))
-        (others if leaf.device.type == "cuda" else cpu_tensors).append(entry)
+        else:
+            targets.append(buffer.tensor[region].view(leaf.dtype).view(leaf.shape))
     signature = _signature(leaves)
     assert signature is not None
-    everything = len(cpu_tensors) == len(sources)
-    identity = not groups
     return _StagingLayout(
         signature,
         parted,
         specs,
         nbytes,
         groups,
-        None if identity else sources,
-        targets,
-        None if everything else cpu_tensors,
-        others,
+        sources if groups else None,
+        CopyPlan.of(data_sources, targets),
     )
 
 
@@ -416,8 +407,8 @@ def stage_state(state: object, buffer: HostBuffer, *, parted: bool = False) -> S
     file will be written as parts (incremental saves): large arrays start where parts do.
 
     A save whose leaves have the same types, dtypes, shapes and devices as the buffer's
-    previous save reuses its placement: no allocation, no per-leaf bookkeeping, CPU tensors
-    copied in one batched call.
+    previous save reuses its placement and its copy plan (``_staging_copy``): no allocation,
+    no per-leaf bookkeeping.
 
     Raises whatever cloudpickle raises for an object it cannot serialise, before anything is
     written.
@@ -431,7 +422,7 @@ def stage_state(state: object, buffer: HostBuffer, *, parted: bool = False) -> S
             encoder, tree, objects = _encoded(state, compact=False)
             leaves = encoder.leaves
         layout = buffer.staging_layout = _plan(leaves, buffer, parted=parted)
-    _copy_leaves(layout.data_sources(leaves), layout)
+    layout.copies.run(layout.data_sources(leaves))
     return StagedState(
         tree=tree, arrays=layout.specs, objects=objects, buffer=buffer, nbytes=layout.nbytes
     )
@@ -442,59 +433,3 @@ def _encoded(state: Any, *, compact: bool) -> tuple[TreeEncoder, JsonTree, bytes
     encoder = TreeEncoder(compact=compact)
     tree = encoder.encode(state)
     return encoder, tree, encoder.pickle_objects()
-
-
-_copy_streams: dict[torch.device, torch.cuda.Stream] = {}
-
-
-def _copy_stream(device: torch.device) -> torch.cuda.Stream:
-    """One dedicated copy stream per CUDA device, created on first use."""
-    stream = _copy_streams.get(device)
-    if stream is None:
-        # torch.cuda.Stream.__init__ carries no annotations.
-        stream = _copy_streams[device] = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
-    return stream
-
-
-_foreach_copy = getattr(torch, "_foreach_copy_", None)
-
-
-def _copy_leaves(leaves: list[Any], layout: _StagingLayout) -> None:
-    targets = layout.targets
-    # The copies are no part of any graph: grad mode off (no detach per leaf) through
-    # torch's C function (``torch.no_grad()`` costs a dozen Python calls), then restored.
-    grad_enabled = torch.is_grad_enabled()
-    torch._C._set_grad_enabled(False)
-    try:
-        if layout.cpu_tensors is None:
-            cpu_sources, cpu_targets = leaves, targets
-        else:
-            cpu_sources = [leaves[i] for i in layout.cpu_tensors]
-            cpu_targets = [targets[i] for i in layout.cpu_tensors]
-        if _foreach_copy is not None and cpu_targets:
-            _foreach_copy(cpu_targets, cpu_sources)
-        else:
-            for target, source in zip(cpu_targets, cpu_sources, strict=True):
-                target.copy_(source)
-        used_streams: list[torch.cuda.Stream] = []
-        for index in layout.others:
-            leaf, target = leaves[index], targets[index]
-            if isinstance(leaf, np.ndarray):
-                np.copyto(target, leaf, casting="no")
-                continue
-            if leaf.dtype in BYTE_COPIED:
-                leaf = leaf.view(torch.uint8)
-                if leaf.device.type == "cpu":
-                    target.copy_(leaf)
-                    continue
-            stream = _copy_stream(leaf.device)
-            if stream not in used_streams:
-                # Kernels queued on the training stream must finish writing first.
-                stream.wait_stream(torch.cuda.current_stream(leaf.device))
-                used_streams.append(stream)
-            with torch.cuda.stream(stream):
-                target.copy_(leaf, non_blocking=True)
-        for stream in used_streams:
-            stream.synchronize()
-    finally:
-        torch._C._set_grad_enabled(grad_enabled)

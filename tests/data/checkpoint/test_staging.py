@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -89,16 +90,18 @@ def test_the_placement_is_reused_while_leaves_fit_it() -> None:
 
 
 def test_large_tensors_are_copied_whatever_their_layout_becomes(ckpt_dir: Path) -> None:
-    # Large CPU tensors are copied as bytes when contiguous: a later save of the same shapes
-    # (the placement reused) with transposed, conjugated or negated views must still be exact.
+    # A later save of the same shapes (the placement reused, with its copy plan) with
+    # transposed, conjugated or negated views must still be exact: the copy resolves them.
     square = torch.randn(600, 600)  # 1.4 MB
     complex_ = torch.randn(400, 400, dtype=torch.complex64)
     weight = torch.nn.Parameter(torch.randn(300, 1000, dtype=torch.bfloat16))
     flags = torch.rand(1 << 21) > 0.5
+    scalar = torch.tensor(3.0)  # negated, still contiguous: only the bit tells
     states = [
-        {"m": square, "c": complex_, "w": weight, "b": flags},
-        {"m": square.t(), "c": complex_.conj(), "w": weight, "b": ~flags},
-        {"m": torch._neg_view(square), "c": complex_, "w": weight, "b": flags},
+        {"m": square, "c": complex_, "w": weight, "b": flags, "s": scalar},
+        {"m": square.t(), "c": complex_.conj(), "w": weight, "b": ~flags, "s": scalar},
+        {"m": torch._neg_view(square), "c": complex_, "w": weight, "b": flags, "s": scalar},
+        {"m": square, "c": complex_, "w": weight, "b": flags, "s": torch._neg_view(scalar)},
     ]
     with CheckpointManager(ckpt_dir, CheckpointManagerOptions(retention=KeepAll())) as m:
         for step, state in enumerate(states):
@@ -110,6 +113,32 @@ def test_large_tensors_are_copied_whatever_their_layout_becomes(ckpt_dir: Path) 
                 expected = value.detach().resolve_conj().resolve_neg()
                 assert torch.equal(restored[key].detach(), expected), (step, key)
             assert type(restored["w"]) is torch.nn.Parameter
+
+
+def test_large_arrays_are_copied_whatever_their_layout_becomes(ckpt_dir: Path) -> None:
+    # A large contiguous, writeable array is copied as a tensor over its memory; a later save
+    # of the same shape and dtype (the placement reused) as a Fortran-ordered or read-only
+    # array must still be exact, and warn of nothing; a big-endian one is placed anew.
+    values = np.arange(1024 * 1024, dtype=np.float32).reshape(1024, 1024)  # 4 MiB
+    read_only = values.copy()
+    read_only.flags.writeable = False
+    states = [
+        {"a": values},
+        {"a": np.asfortranarray(values[::-1])},
+        {"a": read_only},
+        {"a": values.astype(">f4")},
+        {"a": values[::-1]},  # negative strides: no tensor can view it
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with CheckpointManager(ckpt_dir, CheckpointManagerOptions(retention=KeepAll())) as m:
+            for step, state in enumerate(states):
+                m.save(step, state)
+            m.wait_until_finished()
+            for step, state in enumerate(states):
+                restored = m.restore(step)["a"]
+                assert restored.dtype == state["a"].dtype, step
+                np.testing.assert_array_equal(restored, state["a"], err_msg=f"step {step}")
 
 
 @pytest.mark.parametrize("grad_enabled", [True, False])
@@ -125,7 +154,7 @@ def test_staging_copies_outside_autograd_and_leaves_grad_mode_as_it_was(
     # No copy was recorded in a graph: the buffer's views hold bytes, not autograd history.
     layout = buffer.staging_layout
     assert layout is not None
-    assert not any(target.requires_grad for target in layout.targets)
+    assert not any(target.requires_grad for target in layout.copies.targets)
     spec = staged.arrays[0]  # the first leaf: "w"
     held = buffer.tensor[spec.offset : spec.offset + spec.nbytes].view(torch.float32)
     assert torch.equal(held.view(4, 3), weight.detach())
