@@ -4,8 +4,7 @@
 
 The states of ``bench_sweep.py`` (a quarter of their bytes in two or three numpy arrays; at
 10 MB they are 1 and 1.5 MB, below the size staging copies through torch, so both plans are
-one),
-saved by one manager whose placement is reused. Its saves alternate between the copy plan
+one), saved by one manager whose placement is reused. Its saves alternate between the plan
 staging uses (``_staging_copy.CopyPlan``: the tensors and the large arrays in one batched
 torch call, which copies each large one on several threads) and, as the baseline, the same
 plan with the arrays copied by ``np.copyto`` (on one thread); which of the two goes first
