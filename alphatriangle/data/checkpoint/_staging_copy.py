@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphatriangle.data.checkpoint.arrays import BYTE_COPIED
+from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, ArraySpec
 
 __all__ = ["CopyPlan"]
 
@@ -63,21 +63,36 @@ class CopyPlan:
     others: list[int]  # other arrays, byte-copied dtypes, CUDA tensors: one by one
 
     @classmethod
-    def of(cls, sources: list[Any], targets: list[Any]) -> CopyPlan:
+    def of(
+        cls,
+        sources: list[Any],
+        specs: list[ArraySpec],
+        buffer: torch.Tensor,
+        array: np.ndarray[Any, np.dtype[np.uint8]],
+    ) -> CopyPlan:
+        """The plan for ``sources``, each copied to where its spec places it in ``buffer``
+        (a flat uint8 tensor; ``array``: the same memory as numpy)."""
+        targets: list[Any] = []
         batched: list[int] = []
         arrays: list[tuple[int, torch.Tensor]] = []
         others: list[int] = []
-        for entry, (source, target) in enumerate(zip(sources, targets, strict=True)):
+        for entry, (source, spec) in enumerate(zip(sources, specs, strict=True)):
+            region = slice(spec.offset, spec.offset + spec.nbytes)
+            target: Any
             if isinstance(source, np.ndarray):
+                target = array[region].view(source.dtype).reshape(source.shape)
                 view = _as_tensor(target) if source.nbytes >= _THREADED_ARRAYS_FROM else None
                 if view is None:
                     others.append(entry)
                 else:
                     arrays.append((entry, view))
-            elif source.dtype in BYTE_COPIED or source.device.type == "cuda":
+            elif source.dtype in BYTE_COPIED:  # no copy kernel: its bytes are copied as uint8
+                target = buffer[region].view(source.shape)
                 others.append(entry)
             else:
-                batched.append(entry)
+                target = buffer[region].view(source.dtype).view(source.shape)
+                (others if source.device.type == "cuda" else batched).append(entry)
+            targets.append(target)
         every = len(batched) == len(targets)
         return cls(targets, None if every else batched, arrays, others)
 

@@ -33,7 +33,7 @@ import torch
 from alphatriangle.data.checkpoint._chunks import part_size
 from alphatriangle.data.checkpoint._interrupts import wait_interruptibly
 from alphatriangle.data.checkpoint._staging_copy import CopyPlan
-from alphatriangle.data.checkpoint.arrays import BYTE_COPIED, ArraySpec, is_array_leaf
+from alphatriangle.data.checkpoint.arrays import ArraySpec, is_array_leaf
 from alphatriangle.data.checkpoint.tree import JsonTree, TreeEncoder
 
 __all__ = [
@@ -364,7 +364,14 @@ class _StagingLayout:
     def data_sources(self, leaves: list[Any]) -> list[Any]:
         if self.sources is None:
             return leaves
-        return [leaves[i] if i >= 0 else self.groups[-1 - i].source(leaves) for i in self.sources]
+        return _entry_sources(leaves, self.sources, self.groups)
+
+
+def _entry_sources(
+    leaves: list[Any], sources: list[int], groups: list[_SharedStorage]
+) -> list[Any]:
+    """What each data entry copies: its leaf, or the bytes of a shared storage."""
+    return [leaves[i] if i >= 0 else groups[-1 - i].source(leaves) for i in sources]
 
 
 def _plan(leaves: list[Any], buffer: HostBuffer, *, parted: bool) -> _StagingLayout:
@@ -376,28 +383,13 @@ def _plan(leaves: list[Any], buffer: HostBuffer, *, parted: bool) -> _StagingLay
     )
     buffer.ensure(nbytes, pinned=needs_pinned)
     buffer.clear_padding(data_specs, nbytes)
-    targets: list[Any] = []
-    data_sources: list[Any] = []
-    for source, spec in zip(sources, data_specs, strict=True):
-        region = slice(spec.offset, spec.offset + spec.nbytes)
-        leaf = leaves[source] if source >= 0 else groups[-1 - source].source(leaves)
-        data_sources.append(leaf)
-        if isinstance(leaf, np.ndarray):
-            targets.append(buffer.array[region].view(leaf.dtype).reshape(leaf.shape))
-        elif leaf.dtype in BYTE_COPIED:  # no copy kernel: its bytes are copied as uint8
-            targets.append(buffer.tensor[region].view(leaf.shape))
-        else:
-            targets.append(buffer.tensor[region].view(leaf.dtype).view(leaf.shape))
+    copies = CopyPlan.of(
+        _entry_sources(leaves, sources, groups), data_specs, buffer.tensor, buffer.array
+    )
     signature = _signature(leaves)
     assert signature is not None
     return _StagingLayout(
-        signature,
-        parted,
-        specs,
-        nbytes,
-        groups,
-        sources if groups else None,
-        CopyPlan.of(data_sources, targets),
+        signature, parted, specs, nbytes, groups, sources if groups else None, copies
     )
 
 
