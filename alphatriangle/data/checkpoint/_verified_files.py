@@ -85,6 +85,9 @@ class _Worker:
         while True:
             owner, function, arguments = self.jobs.get()
             if function is not None:
+                if not owner.begun:
+                    owner.begun = True
+                    owner.beginning.release()
                 try:
                     function(*arguments)
                 except BaseException as exc:  # raised on the owner's thread by join()
@@ -148,6 +151,9 @@ class HashThread:
     def __init__(self) -> None:
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self.begun = False  # the worker has taken the first job (``beginning`` released)
+        self.beginning = threading.Lock()
+        self.beginning.acquire()
         self._worker: _Worker | None = _pool.take()
 
     def put(self, function: Callable[..., None], *arguments: Any) -> None:
@@ -155,12 +161,27 @@ class HashThread:
             raise RuntimeError("HashThread.put after join")
         self._worker.jobs.put((self, function, arguments))
 
-    def join(self) -> None:
-        """Wait for every job (a held Ctrl-C need not wait for a long pass); raise a job's
-        failure."""
+    def until_begun(self) -> None:
+        """Wait until the thread has begun the first job (put before this call).
+
+        The thread needs the GIL to begin a job (then the hashing releases it); a caller
+        that goes on running Python holds it until its next blocking call, which delayed
+        the pass over a 10 MB file by 0.35 ms (a third of the pass). Waiting here hands
+        the GIL over at once, for the thread's wake-up time."""
+        self.beginning.acquire()  # (brief: the thread's wake-up; a Ctrl-C waits for it)
+        self.beginning.release()
+
+    def close(self) -> None:
+        """No more jobs: the thread runs those put, then goes back to the pool (a caller
+        that will not read their results need not wait for them)."""
         if self._worker is not None:
             self._worker.jobs.put((self, None, ()))
             self._worker = None
+
+    def join(self) -> None:
+        """Wait for every job (a held Ctrl-C need not wait for a long pass); raise a job's
+        failure."""
+        self.close()
         wait_interruptibly(self._joined)
         if self.error is not None:
             raise self.error
@@ -178,6 +199,12 @@ class _PipelinedHash:
 
     def update(self, view: memoryview) -> None:
         self._thread.put(self._hasher.update, view)
+
+    def until_begun(self) -> None:
+        self._thread.until_begun()
+
+    def close(self) -> None:
+        self._thread.close()
 
     def stop(self) -> None:
         self._thread.join()
@@ -197,6 +224,9 @@ class _InlineHash:
         self._hasher.update(view)
 
     def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def hexdigest(self) -> str:
@@ -471,4 +501,6 @@ def _hashing(
     hasher = file_hasher(signed=signed, threaded=True)
     for start in range(0, size, HASH_CHUNK):
         hasher.update(arena.data[start : start + HASH_CHUNK])
+    if isinstance(hasher, _PipelinedHash) and size:
+        hasher.until_begun()  # the pass runs from now on, while the caller goes on
     return arena, hasher

@@ -166,9 +166,14 @@ def read_item(source: ItemRead, *, mode: str = "mmap", pinned: PinnedChunks | No
     arena, digest = None, None
     if mode == "mmap":
         arena, digest = map_data(step_dir, manifest, data_name, verify=verify, signed=signed)
-    index = read_index(step_dir, manifest, item, verify=verify, signed=signed)
-    if read.weights_only:
-        refuse_objects(step_dir, manifest, item, index.tree)
+    try:
+        index = read_index(step_dir, manifest, item, verify=verify, signed=signed)
+        if read.weights_only:
+            refuse_objects(step_dir, manifest, item, index.tree)
+    except BaseException:
+        if digest is not None:  # not waited for: the pass ends, its thread goes back to the pool
+            digest.close()
+        raise
     if arena is None:
         arena = read_data(step_dir, manifest, data_name, verify=verify, signed=signed)
     specs = index.specs

@@ -81,6 +81,10 @@ class ChunkedDigest:
             if isinstance(chunk, Future):
                 chunk.exception()
 
+    def close(self) -> None:
+        """The digest will not be read: nothing to do (the pool's threads end the chunks
+        in progress and hold nothing of them)."""
+
     def hexdigest(self) -> str:
         outer = hashlib.sha256()
         for chunk in self._chunks:

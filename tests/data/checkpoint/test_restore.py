@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,8 @@ from alphatriangle.data import (
     KeepAll,
     WeightsOnlyError,
 )
+from alphatriangle.data.checkpoint import _verified_files
+from alphatriangle.data.checkpoint.layout import index_file, step_dir_name
 
 READ = CheckpointManagerOptions(read_only=True)
 
@@ -128,6 +132,28 @@ def test_weights_only_never_unpickles_and_names_the_objects(ckpt_dir: Path, tmp_
             reader.restore()
         assert reader.restore(weights_only=False)["w"].sum() == 3  # an explicit opt-in
     assert marker.exists()  # which is exactly why weights_only exists
+
+
+def test_a_refused_restore_leaves_no_hashing_thread_behind(ckpt_dir: Path) -> None:
+    """The mapped pass starts before the index is read: a restore refused after it (an
+    item with objects under ``weights_only``, a corrupt index) hands its thread back."""
+    committed_step(ckpt_dir, {"w": torch.ones(3), "config": {"pairs": {1, 2}}}, step=1)
+    committed_step(ckpt_dir, {"w": torch.ones(3)}, step=2)
+    index = ckpt_dir / step_dir_name(2) / index_file("state")
+    index.write_bytes(index.read_bytes().replace(b"[", b"{", 1))
+    with CheckpointManager(ckpt_dir, READ) as reader:
+        for _ in range(3 * _verified_files._IDLE_WORKERS):
+            with pytest.raises(WeightsOnlyError):
+                reader.restore(1, weights_only=True)
+            with pytest.raises(CheckpointCorruptError):
+                reader.restore(2)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:  # (a thread given back last may still be ending)
+        hashing = [t for t in threading.enumerate() if t.name == "checksum"]
+        if len(hashing) <= _verified_files._IDLE_WORKERS:
+            break
+        time.sleep(0.01)
+    assert len(hashing) <= _verified_files._IDLE_WORKERS
 
 
 def test_weights_only_restores_tensors_arrays_and_scalars(ckpt_dir: Path) -> None:

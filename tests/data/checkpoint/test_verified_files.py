@@ -1,12 +1,15 @@
 """The hashing thread of ``_verified_files.py``: jobs in order on a pooled thread, their
-failure raised by ``join``, the thread reused by the next user."""
+failure raised by ``join``, the thread reused by the next user; a mapped pass begun before
+the restore goes on."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import numpy as np
 import pytest
+import xxhash
 
 from alphatriangle.data.checkpoint import _verified_files
 from alphatriangle.data.checkpoint._verified_files import HashThread
@@ -89,3 +92,28 @@ def test_a_pooled_thread_holds_nothing_of_a_finished_job() -> None:
     hashing.join()
     del buffer
     assert gone() is None  # a mapped file's view kept alive would keep the file mapped
+
+
+def test_until_begun_returns_once_the_thread_runs_the_first_job_not_when_it_ends() -> None:
+    hashing = HashThread()
+    release = threading.Event()
+    try:
+        hashing.put(release.wait, 10.0)
+        assert not hashing.begun  # this thread held the GIL since: the job has not begun
+        hashing.until_begun()
+        assert hashing.begun and not hashing.done.is_set()
+        hashing.until_begun()  # again: at once
+    finally:
+        release.set()
+        hashing.join()
+
+
+def test_a_mapped_pass_runs_while_the_restore_goes_on() -> None:
+    """The restore's pass has begun when the file is mapped: the caller's Python (index,
+    arrays) no longer delays it by holding the GIL."""
+    data = np.random.default_rng(0).integers(0, 255, 1 << 20, dtype=np.uint8)
+    arena, hasher = _verified_files._hashing(data, data.nbytes, verify=True, signed=False)
+    assert isinstance(hasher, _verified_files._PipelinedHash)
+    began = hasher._thread.begun  # read before anything releases the GIL
+    assert hasher.hexdigest() == xxhash.xxh3_64_hexdigest(data)
+    assert began and arena is data
