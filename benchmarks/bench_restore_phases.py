@@ -28,7 +28,7 @@ from bench_sweep import hash_file, sweep_state
 
 from alphatriangle.data import CheckpointManager, CheckpointManagerOptions, KeepLatest
 from alphatriangle.data.checkpoint import _verified_files
-from alphatriangle.data.checkpoint._verified_files import HashThread
+from alphatriangle.data.checkpoint._hash_thread import HashThread
 
 OPTIONS = {"size": 10.0, "rounds": 200}
 PHASES = ("handed over", "begun", "ended", "own work done")

@@ -33,7 +33,7 @@ import xxhash
 
 from alphatriangle.data.checkpoint._chunks import is_parted, shareable_parts, write_parts
 from alphatriangle.data.checkpoint._fields import CHECKSUM, canonical
-from alphatriangle.data.checkpoint._verified_files import HashThread
+from alphatriangle.data.checkpoint._hash_thread import HashThread
 from alphatriangle.data.checkpoint.catalog import StepCatalog
 from alphatriangle.data.checkpoint.commit import write_new_file, write_new_file_direct
 from alphatriangle.data.checkpoint.errors import CheckpointError

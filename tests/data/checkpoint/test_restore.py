@@ -32,7 +32,7 @@ from alphatriangle.data import (
     KeepAll,
     WeightsOnlyError,
 )
-from alphatriangle.data.checkpoint import _verified_files
+from alphatriangle.data.checkpoint import _hash_thread
 from alphatriangle.data.checkpoint.layout import index_file, step_dir_name
 
 READ = CheckpointManagerOptions(read_only=True)
@@ -142,7 +142,7 @@ def test_a_refused_restore_leaves_no_hashing_thread_behind(ckpt_dir: Path) -> No
     index = ckpt_dir / step_dir_name(2) / index_file("state")
     index.write_bytes(index.read_bytes().replace(b"[", b"{", 1))
     with CheckpointManager(ckpt_dir, READ) as reader:
-        for _ in range(3 * _verified_files._IDLE_WORKERS):
+        for _ in range(3 * _hash_thread._IDLE_WORKERS):
             with pytest.raises(WeightsOnlyError):
                 reader.restore(1, weights_only=True)
             with pytest.raises(CheckpointCorruptError):
@@ -150,10 +150,10 @@ def test_a_refused_restore_leaves_no_hashing_thread_behind(ckpt_dir: Path) -> No
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:  # (a thread given back last may still be ending)
         hashing = [t for t in threading.enumerate() if t.name == "checksum"]
-        if len(hashing) <= _verified_files._IDLE_WORKERS:
+        if len(hashing) <= _hash_thread._IDLE_WORKERS:
             break
         time.sleep(0.01)
-    assert len(hashing) <= _verified_files._IDLE_WORKERS
+    assert len(hashing) <= _hash_thread._IDLE_WORKERS
 
 
 def test_weights_only_restores_tensors_arrays_and_scalars(ckpt_dir: Path) -> None:
