@@ -92,7 +92,9 @@ _pool = _WorkerPool()
 class HashThread:
     """Hashing jobs run in order on one daemon thread (xxh3 and SHA-256 release the GIL, so
     they overlap with the caller's reads and writes). The buffers a job hashes must stay
-    unchanged until :meth:`join` returns; always :meth:`join` (in a ``finally``).
+    unchanged until :meth:`join` returns; always :meth:`join` (in a ``finally``), or
+    :meth:`close` when the results will not be read (then nothing may write the buffers
+    again: the jobs still read them).
 
     The thread is taken from a small pool of idle ones and given back when its last job is
     done (a hand-off of tens of µs, where starting a thread costs about 100); an interrupted
