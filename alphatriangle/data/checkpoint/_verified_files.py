@@ -372,7 +372,8 @@ def _hashing(
     arena: Arena, size: int, *, verify: bool, signed: bool
 ) -> tuple[Arena, FileHasher | None]:
     """``arena``, and with ``verify`` the digest of its ``size`` bytes being computed on a
-    thread."""
+    thread, which has begun when this returns (xxh3; the chunks of a signed step's digest
+    start on the pool's threads when they get the GIL)."""
     if not verify:
         return arena, None
     hasher = file_hasher(signed=signed, threaded=True)
